@@ -340,7 +340,11 @@ impl SectionReader<'_> {
                 "true" | "yes" | "1" | "on" => true,
                 "false" | "no" | "0" | "off" => false,
                 _ => {
-                    ck.err(&self.name, Some(key), format!("'{v}' is not a boolean (true/false)"));
+                    ck.err(
+                        &self.name,
+                        Some(key),
+                        format!("'{v}' is not a boolean (true/false)"),
+                    );
                     default
                 }
             },
@@ -537,7 +541,10 @@ pub fn parse_service(file: &str, text: &str) -> Result<ServiceConfig, ConfigErro
             DEFAULT_KEYS
         } else {
             match sec.split_once('#') {
-                Some((kind, id)) if !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
+                Some((kind, id))
+                    if !id.is_empty()
+                        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+                {
                     match kind {
                         "ip" => IP_KEYS,
                         "vg" => VG_KEYS,
@@ -602,7 +609,11 @@ pub fn parse_service(file: &str, text: &str) -> Result<ServiceConfig, ConfigErro
     };
     for n in &nodes {
         if !valid_node_name(n) {
-            ck.err("DEFAULT", Some("nodes"), format!("'{n}' is not a valid node name"));
+            ck.err(
+                "DEFAULT",
+                Some("nodes"),
+                format!("'{n}' is not a valid node name"),
+            );
         }
     }
     let autostart_node = default.get("autostart_node").map(|s| s.trim().to_string());
@@ -652,7 +663,11 @@ pub fn parse_service(file: &str, text: &str) -> Result<ServiceConfig, ConfigErro
                 let ipdev = s.not_option(&mut ck, "ipdev", ipdev);
                 if let Some(d) = &ipdev {
                     if d.len() > 15 || d.contains(['/', ' ']) {
-                        ck.err(&s.name, Some("ipdev"), format!("'{d}' is not an interface name"));
+                        ck.err(
+                            &s.name,
+                            Some("ipdev"),
+                            format!("'{d}' is not an interface name"),
+                        );
                     }
                 }
                 let ipname = s.required(&mut ck, "ipname");
@@ -679,7 +694,11 @@ pub fn parse_service(file: &str, text: &str) -> Result<ServiceConfig, ConfigErro
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '_' | '.' | '-'))
                     {
-                        ck.err(&s.name, Some("vgname"), format!("'{v}' is not a volume group name"));
+                        ck.err(
+                            &s.name,
+                            Some("vgname"),
+                            format!("'{v}' is not a volume group name"),
+                        );
                     }
                 }
                 let scsireserv = s.bool(&mut ck, "scsireserv", false);
@@ -690,7 +709,11 @@ pub fn parse_service(file: &str, text: &str) -> Result<ServiceConfig, ConfigErro
                 let dev = s.not_option(&mut ck, "dev", dev);
                 if let Some(d) = &dev {
                     if !is_absolute_clean(d) {
-                        ck.err(&s.name, Some("dev"), format!("'{d}' must be an absolute device path"));
+                        ck.err(
+                            &s.name,
+                            Some("dev"),
+                            format!("'{d}' must be an absolute device path"),
+                        );
                     }
                 }
                 let mnt = s.required(&mut ck, "mnt");
@@ -708,8 +731,15 @@ pub fn parse_service(file: &str, text: &str) -> Result<ServiceConfig, ConfigErro
                 }
                 let fstype = s.required(&mut ck, "type");
                 if let Some(t) = &fstype {
-                    if !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_') {
-                        ck.err(&s.name, Some("type"), format!("'{t}' is not a filesystem type"));
+                    if !t
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
+                    {
+                        ck.err(
+                            &s.name,
+                            Some("type"),
+                            format!("'{t}' is not a filesystem type"),
+                        );
                     }
                 }
                 let mnt_opt = s.get("mnt_opt").map(|o| o.trim().to_string());
@@ -727,7 +757,11 @@ pub fn parse_service(file: &str, text: &str) -> Result<ServiceConfig, ConfigErro
             "container" => {
                 if let Some(t) = s.required(&mut ck, "type") {
                     if t != "docker" {
-                        ck.err(&s.name, Some("type"), format!("'{t}' is not supported (only docker)"));
+                        ck.err(
+                            &s.name,
+                            Some("type"),
+                            format!("'{t}' is not supported (only docker)"),
+                        );
                     }
                 }
                 let image = s.required(&mut ck, "run_image");
@@ -911,10 +945,16 @@ pub fn parse_node_config(file: &str, text: &str) -> Result<NodeConfig, ConfigErr
             let v = v.trim();
             match (k, &node) {
                 ("nodename", None) if valid_node_name(v) => cfg.nodename = Some(v.to_string()),
-                ("nodename", None) => ck.err(sec, Some(k), format!("'{v}' is not a valid node name")),
+                ("nodename", None) => {
+                    ck.err(sec, Some(k), format!("'{v}' is not a valid node name"))
+                }
                 ("ssh_connect_timeout", None) => match v.parse::<u32>() {
                     Ok(n) if (1..=120).contains(&n) => cfg.ssh_connect_timeout = n,
-                    _ => ck.err(sec, Some(k), format!("'{v}' is not a number of seconds from 1 to 120")),
+                    _ => ck.err(
+                        sec,
+                        Some(k),
+                        format!("'{v}' is not a number of seconds from 1 to 120"),
+                    ),
                 },
                 ("remote", _) => {
                     let mode = match v {
@@ -1067,28 +1107,63 @@ schedule = 03:59-05:59
 
     #[test]
     fn duplicate_rid_and_missing_key() {
-        let text = "[DEFAULT]\nnodes = n1\n[vg#1]\nvgname = a\n[vg#1]\nvgname = b\n[ip#1]\nipdev = lab0\n";
+        let text =
+            "[DEFAULT]\nnodes = n1\n[vg#1]\nvgname = a\n[vg#1]\nvgname = b\n[ip#1]\nipdev = lab0\n";
         let e = errors(text);
-        assert!(e.contains(&"/x/svc.conf:5: [vg#1]: duplicate section (first defined at line 3)".to_string()), "{e:?}");
-        assert!(e.contains(&"/x/svc.conf:7: [ip#1] ipname: missing required key".to_string()), "{e:?}");
+        assert!(
+            e.contains(
+                &"/x/svc.conf:5: [vg#1]: duplicate section (first defined at line 3)".to_string()
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.contains(&"/x/svc.conf:7: [ip#1] ipname: missing required key".to_string()),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn leading_dash_and_data_dir_outside_fs() {
         let text = "[DEFAULT]\nnodes = n1\ndocker_data_dir = /srv/other\n[fs#1]\ndev = -oloop\nmnt = /srv/x\ntype = ext4\n[container#1]\ntype = docker\nrun_image = --privileged\n";
         let e = errors(text);
-        assert!(e.iter().any(|l| l.starts_with("/x/svc.conf:3: [DEFAULT] docker_data_dir: '/srv/other' is not inside any fs")), "{e:?}");
-        assert!(e.iter().any(|l| l.starts_with("/x/svc.conf:5: [fs#1] dev: '-oloop' starts with '-'")), "{e:?}");
-        assert!(e.iter().any(|l| l.starts_with("/x/svc.conf:10: [container#1] run_image: '--privileged'")), "{e:?}");
+        assert!(
+            e.iter().any(|l| l.starts_with(
+                "/x/svc.conf:3: [DEFAULT] docker_data_dir: '/srv/other' is not inside any fs"
+            )),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with("/x/svc.conf:5: [fs#1] dev: '-oloop' starts with '-'")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with("/x/svc.conf:10: [container#1] run_image: '--privileged'")),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn unknown_section_and_reserved_daemon_arg() {
         let text = "[DEFAULT]\nnodes = n1\ndocker_daemon_args = --data-root=/tmp\n[disk#1]\nx = 1\n[weird]\n";
         let e = errors(text);
-        assert!(e.iter().any(|l| l.starts_with("/x/svc.conf:3: [DEFAULT] docker_daemon_args: '--data-root'")), "{e:?}");
-        assert!(e.iter().any(|l| l.starts_with("/x/svc.conf:4: [disk#1]: unknown section")), "{e:?}");
-        assert!(e.iter().any(|l| l.starts_with("/x/svc.conf:6: [weird]: unknown section")), "{e:?}");
+        assert!(
+            e.iter().any(
+                |l| l.starts_with("/x/svc.conf:3: [DEFAULT] docker_daemon_args: '--data-root'")
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with("/x/svc.conf:4: [disk#1]: unknown section")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with("/x/svc.conf:6: [weird]: unknown section")),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -1107,13 +1182,18 @@ schedule = 03:59-05:59
         let a = parse_service("/a/busybox.conf", SEED).expect("valid");
         let b = parse_service("/b/busybox.conf", SEED).expect("valid");
         assert_eq!(a.checksum(), b.checksum());
-        let c = parse_service("/a/busybox.conf", &SEED.replace("deb1 deb2", "deb1")).expect("valid");
+        let c =
+            parse_service("/a/busybox.conf", &SEED.replace("deb1 deb2", "deb1")).expect("valid");
         assert_ne!(a.checksum(), c.checksum());
     }
 
     #[test]
     fn node_config() {
-        let c = parse_node_config("f", "[node]\nnodename = n1\nremote = ssh\n[peer n2]\nremote = sudo\n").expect("valid");
+        let c = parse_node_config(
+            "f",
+            "[node]\nnodename = n1\nremote = ssh\n[peer n2]\nremote = sudo\n",
+        )
+        .expect("valid");
         assert_eq!(c.node_name(), "n1");
         assert_eq!(c.mode_for("n2"), RemoteMode::Sudo);
         assert_eq!(c.mode_for("n3"), RemoteMode::Ssh);

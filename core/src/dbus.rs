@@ -90,7 +90,10 @@ pub trait Manager {
     fn version(&self) -> zbus::Result<String>;
 }
 
-#[proxy(interface = "io.ferry.Helper1.Service", default_service = "io.ferry.Helper1")]
+#[proxy(
+    interface = "io.ferry.Helper1.Service",
+    default_service = "io.ferry.Helper1"
+)]
 pub trait Service {
     /// Every resource's status, in start order.
     fn status(&self) -> zbus::Result<Vec<ResourceStatus>>;
@@ -107,7 +110,10 @@ pub trait Service {
     fn resources(&self) -> zbus::Result<Vec<String>>;
 }
 
-#[proxy(interface = "io.ferry.Helper1.Ip", default_service = "io.ferry.Helper1")]
+#[proxy(
+    interface = "io.ferry.Helper1.Ip",
+    default_service = "io.ferry.Helper1"
+)]
 pub trait Ip {
     fn check(&self) -> zbus::Result<CheckResult>;
     /// Probe the wire, add the address, announce it. Fails with AddressInUse
@@ -121,7 +127,10 @@ pub trait Ip {
     fn settings(&self) -> zbus::Result<HashMap<String, String>>;
 }
 
-#[proxy(interface = "io.ferry.Helper1.Vg", default_service = "io.ferry.Helper1")]
+#[proxy(
+    interface = "io.ferry.Helper1.Vg",
+    default_service = "io.ferry.Helper1"
+)]
 pub trait Vg {
     fn check(&self) -> zbus::Result<CheckResult>;
     fn tag(&self) -> zbus::Result<Vec<String>>;
@@ -136,7 +145,10 @@ pub trait Vg {
     fn settings(&self) -> zbus::Result<HashMap<String, String>>;
 }
 
-#[proxy(interface = "io.ferry.Helper1.Fs", default_service = "io.ferry.Helper1")]
+#[proxy(
+    interface = "io.ferry.Helper1.Fs",
+    default_service = "io.ferry.Helper1"
+)]
 pub trait Fs {
     fn check(&self) -> zbus::Result<CheckResult>;
     fn mount(&self) -> zbus::Result<Vec<String>>;
@@ -147,7 +159,10 @@ pub trait Fs {
     fn settings(&self) -> zbus::Result<HashMap<String, String>>;
 }
 
-#[proxy(interface = "io.ferry.Helper1.Container", default_service = "io.ferry.Helper1")]
+#[proxy(
+    interface = "io.ferry.Helper1.Container",
+    default_service = "io.ferry.Helper1"
+)]
 pub trait Container {
     fn check(&self) -> zbus::Result<CheckResult>;
     fn start_daemon(&self) -> zbus::Result<Vec<String>>;
@@ -187,9 +202,15 @@ mod tests {
         assert_eq!(escape_path_element("ip#1"), "ip_231");
         assert_eq!(escape_path_element("busybox"), "busybox");
         assert_eq!(escape_path_element("a.b-c"), "a_2eb_2dc");
-        assert_eq!(resource_path("busybox", "fs#1"), "/io/ferry/Helper1/service/busybox/fs_231");
+        assert_eq!(
+            resource_path("busybox", "fs#1"),
+            "/io/ferry/Helper1/service/busybox/fs_231"
+        );
         for s in ["ip#1", "a.b-c", "", "x/y"] {
-            assert!(zbus::ObjectPath::try_from(resource_path(s, s)).is_ok(), "{s}");
+            assert!(
+                zbus::ObjectPath::try_from(resource_path(s, s)).is_ok(),
+                "{s}"
+            );
         }
     }
 }

@@ -141,7 +141,11 @@ impl ServiceStatus {
         out.push_str(&format!("{:<26}{}\n", "|- avail", self.avail));
         render_children(&mut out, "|", &display_order(&self.resources));
         out.push_str(&format!("{:<26}{}\n", "|- sync", self.sync));
-        render_children(&mut out, "|", &self.sync_resources.iter().collect::<Vec<_>>());
+        render_children(
+            &mut out,
+            "|",
+            &self.sync_resources.iter().collect::<Vec<_>>(),
+        );
         out.push_str(&format!("{:<26}{}\n", "'- hb", self.hb));
         out
     }
@@ -200,12 +204,19 @@ mod tests {
         let res = vec![
             ResourceStatus::new("ip#1", Up, "busybox.opensvc.com@eth0"),
             ResourceStatus::new("vg#1", Up, "vgbusybox"),
-            ResourceStatus::new("fs#1", Up, "/dev/mapper/vgbusybox-lvbusyboxroot@/opt/busybox.opensvc.com"),
+            ResourceStatus::new(
+                "fs#1",
+                Up,
+                "/dev/mapper/vgbusybox-lvbusyboxroot@/opt/busybox.opensvc.com",
+            ),
             ResourceStatus::new("container#1", Down, "opensvc/busybox:date")
                 .with_comment("can not find container id"),
         ];
-        let sync = vec![ResourceStatus::new("sync#i0", Down, "rsync svc config to drpnodes, nodes")
-            .with_comment("deb2.opensvc.com need update")];
+        let sync =
+            vec![
+                ResourceStatus::new("sync#i0", Down, "rsync svc config to drpnodes, nodes")
+                    .with_comment("deb2.opensvc.com need update"),
+            ];
         let s = ServiceStatus::new("busybox.opensvc.com", "deb1", res, sync);
         let expected = "busybox.opensvc.com
 overall                   warn

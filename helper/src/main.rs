@@ -1,1 +1,130 @@
-fn main(){}
+//! ferry-helper: the root daemon behind `io.ferry.Helper1` on the system bus.
+//!
+//! Minimal on purpose: it exports one object per service and per resource,
+//! asks polkit before every mutating call, and runs the resource drivers.
+//! Orchestration (order, rollback, remote nodes) lives in the unprivileged
+//! frontend.
+
+mod arp;
+mod auth;
+mod cmd;
+mod container;
+mod error;
+mod fs;
+mod ip;
+mod manager;
+mod registry;
+mod service;
+mod vg;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use caps::{CapSet, Capability};
+use ferry_core::config::{services_dir, NodeConfig, DEFAULT_NODE_CONFIG};
+use ferry_core::dbus::{BUS_NAME, ROOT_PATH};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info};
+use zbus_polkit::policykit1::AuthorityProxy;
+
+use crate::manager::ManagerObject;
+use crate::registry::Registry;
+
+/// What the drivers cannot work without: addresses and raw ARP, mounts.
+const REQUIRED_CAPS: &[Capability] = &[
+    Capability::CAP_NET_ADMIN,
+    Capability::CAP_NET_RAW,
+    Capability::CAP_SYS_ADMIN,
+];
+
+fn check_capabilities() -> Result<(), String> {
+    let effective = caps::read(None, CapSet::Effective).map_err(|e| e.to_string())?;
+    let missing: Vec<String> = REQUIRED_CAPS
+        .iter()
+        .filter(|c| !effective.contains(c))
+        .map(|c| c.to_string())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("missing capabilities: {}", missing.join(", ")))
+    }
+}
+
+async fn run() -> Result<(), String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(
+            "ferry-helper must run as root (it is started by D-Bus activation or systemd)".into(),
+        );
+    }
+    check_capabilities()?;
+    let node_conf = std::env::var_os("FERRY_NODE_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_NODE_CONFIG));
+    let node = NodeConfig::load(&node_conf)
+        .map_err(|e| e.to_string())?
+        .node_name();
+    let dir = services_dir();
+
+    let conn = zbus::connection::Builder::system()
+        .build()
+        .await
+        .map_err(|e| format!("cannot connect to the system bus: {e}"))?;
+    let authority = AuthorityProxy::new(&conn)
+        .await
+        .map_err(|e| format!("polkit authority: {e}"))?;
+    let reg = Arc::new(Registry::new(dir.clone(), node.clone(), authority));
+
+    // Objects first, then the name: a caller that sees the name finds them.
+    let server = conn.object_server();
+    server
+        .at(ROOT_PATH, zbus::fdo::ObjectManager)
+        .await
+        .map_err(|e| e.to_string())?;
+    server
+        .at(ROOT_PATH, ManagerObject { reg: reg.clone() })
+        .await
+        .map_err(|e| e.to_string())?;
+    let services = reg.reload(server).await.map_err(|e| e.message())?;
+    conn.request_name(BUS_NAME).await.map_err(|e| {
+        format!("cannot own {BUS_NAME}: {e} (is the bus policy installed, and are we root?)")
+    })?;
+    info!(node = %node, dir = %dir.display(), services = ?services, "ferry-helper ready on {BUS_NAME}");
+
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: exiting; service daemons keep running"),
+        _ = int.recv() => info!("SIGINT: exiting; service daemons keep running"),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

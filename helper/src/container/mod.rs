@@ -1,0 +1,182 @@
+//! Containers (`type = docker`): the service's private docker daemon and the
+//! container it runs.
+//!
+//! - [`daemon`]: the per-service containerd + dockerd, data root on the
+//!   service's shared filesystem, sockets and pidfiles node-local;
+//! - [`engine`]: the container itself, through the Docker API;
+//! - [`passthrough`]: `ferry docker SVC -- ARGS…` for allowed subcommands.
+
+pub mod daemon;
+pub mod engine;
+pub mod passthrough;
+
+use std::collections::HashMap;
+
+use ferry_core::config::{ContainerConfig, ResourceConfig, ServiceConfig};
+use ferry_core::dbus::DOCKER_ALLOWED;
+use ferry_core::status::ResourceStatus;
+use zbus::message::Header;
+use zbus::{interface, Connection, OwnedFd};
+
+use crate::error::{HelperError, Result};
+use crate::registry::ResCtx;
+
+pub struct ContainerObject {
+    pub ctx: ResCtx,
+}
+
+pub async fn status(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> ResourceStatus {
+    engine::status(svc, rid, c).await
+}
+
+fn config(ctx: &ResCtx) -> Result<(std::sync::Arc<ServiceConfig>, ContainerConfig)> {
+    let (svc, res) = ctx.resource()?;
+    match res.config {
+        ResourceConfig::Container(c) => Ok((svc, c)),
+        _ => Err(HelperError::failed(format!(
+            "{} is not a container resource",
+            ctx.rid
+        ))),
+    }
+}
+
+/// The first argument must be an allowed subcommand: no global options
+/// (`-H`, `--config`, `--context`…) that would point docker elsewhere.
+pub fn check_docker_args(args: &[String]) -> Result<()> {
+    match args.first() {
+        None => Err(HelperError::InvalidArgument(format!(
+            "no docker subcommand given (allowed: {})",
+            DOCKER_ALLOWED.join(", ")
+        ))),
+        Some(sub) if DOCKER_ALLOWED.contains(&sub.as_str()) => Ok(()),
+        Some(sub) => Err(HelperError::InvalidArgument(format!(
+            "docker subcommand '{sub}' is not allowed through ferry (allowed: {})",
+            DOCKER_ALLOWED.join(", ")
+        ))),
+    }
+}
+
+#[interface(name = "io.ferry.Helper1.Container")]
+impl ContainerObject {
+    async fn check(&self) -> Result<(String, String, Vec<String>)> {
+        let (svc, c) = config(&self.ctx)?;
+        let s = status(&svc, &self.ctx.rid, &c).await;
+        Ok((s.state, s.label, s.comments))
+    }
+
+    /// Start the service's private containerd and dockerd (data root on the
+    /// service's filesystem, which must be mounted).
+    async fn start_daemon(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>> {
+        let ctx = &self.ctx;
+        ctx.privileged(conn, &header, "io.ferry.container.start-daemon", || async {
+            let (svc, _) = config(ctx)?;
+            daemon::start(&svc).await
+        })
+        .await
+    }
+
+    /// Stop the private daemon, once it runs no container any more.
+    async fn stop_daemon(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>> {
+        let ctx = &self.ctx;
+        ctx.privileged(conn, &header, "io.ferry.container.stop-daemon", || async {
+            let (svc, _) = config(ctx)?;
+            daemon::stop(&svc).await
+        })
+        .await
+    }
+
+    /// Start the container: the same one as before if it exists, else run
+    /// the image as `<svc>.container.<n>`; wait until it runs.
+    async fn start(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>> {
+        let ctx = &self.ctx;
+        ctx.privileged(conn, &header, "io.ferry.container.start", || async {
+            let (svc, c) = config(ctx)?;
+            engine::start(&svc, &ctx.rid, &c).await
+        })
+        .await
+    }
+
+    /// Stop the container (SIGTERM, then kill after stop_timeout).
+    async fn stop(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>> {
+        let ctx = &self.ctx;
+        ctx.privileged(conn, &header, "io.ferry.container.stop", || async {
+            let (svc, c) = config(ctx)?;
+            engine::stop(&svc, &ctx.rid, &c).await
+        })
+        .await
+    }
+
+    /// Run an allowed docker subcommand against the service's daemon, with
+    /// the caller's stdin/stdout/stderr; returns docker's exit status.
+    async fn docker(
+        &self,
+        args: Vec<String>,
+        stdin: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<i32> {
+        check_docker_args(&args)?;
+        let ctx = &self.ctx;
+        let (svc, _) = config(ctx)?;
+        // Authorize and audit, but do not hold the service lock while an
+        // attach may run for hours.
+        let who = crate::auth::caller(conn, &header).await?;
+        if let Err(e) = crate::auth::authorize(
+            ctx.reg.authority(),
+            &header,
+            &who,
+            "io.ferry.container.docker",
+            &ctx.service,
+            &ctx.rid,
+            ctx.reg.node(),
+        )
+        .await
+        {
+            tracing::warn!(target: "audit", uid = who.uid, action = "io.ferry.container.docker", service = %ctx.service, rid = %ctx.rid, args = ?args, result = "denied");
+            return Err(e);
+        }
+        tracing::info!(target: "audit", uid = who.uid, action = "io.ferry.container.docker", service = %ctx.service, rid = %ctx.rid, args = ?args, result = "allowed");
+        passthrough::run(&svc, &args, stdin.into(), stdout.into(), stderr.into()).await
+    }
+
+    #[zbus(property)]
+    fn rid(&self) -> String {
+        self.ctx.rid.clone()
+    }
+
+    #[zbus(property)]
+    fn settings(&self) -> HashMap<String, String> {
+        let mut m = HashMap::new();
+        if let Ok((svc, c)) = config(&self.ctx) {
+            m.insert("type".into(), "docker".into());
+            m.insert("run_image".into(), c.run_image);
+            m.insert("stop_timeout".into(), c.stop_timeout.to_string());
+            if let Some(d) = &svc.docker_data_dir {
+                m.insert("docker_data_dir".into(), d.clone());
+            }
+            m.insert(
+                "container_name".into(),
+                engine::container_name(&svc.name, &self.ctx.rid),
+            );
+        }
+        m
+    }
+}

@@ -1,0 +1,293 @@
+//! Filesystems: check, mount, unmount.
+//!
+//! Mount state comes from /proc/self/mountinfo, matched by device number so
+//! that a symlinked device path (`/dev/disk/by-id/…`) is recognised.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use ferry_core::config::{FsConfig, ResourceConfig};
+use ferry_core::status::{ResourceStatus, State};
+use nix::mount::{umount2, MntFlags};
+use zbus::message::Header;
+use zbus::{interface, Connection};
+
+use crate::cmd;
+use crate::error::{HelperError, Result};
+use crate::registry::ResCtx;
+
+pub struct FsObject {
+    pub ctx: ResCtx,
+}
+
+/// Attempts at unmounting a busy filesystem, killing its users in between.
+const UMOUNT_ATTEMPTS: usize = 4;
+
+#[derive(Debug, Clone)]
+pub struct MountEntry {
+    pub devno: (u32, u32),
+    pub mountpoint: String,
+    pub read_write: bool,
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(' ').collect();
+            let (maj, min) = f.get(2)?.split_once(':')?;
+            Some(MountEntry {
+                devno: (maj.parse().ok()?, min.parse().ok()?),
+                mountpoint: unescape(f.get(4)?),
+                read_write: f.get(5)?.split(',').any(|o| o == "rw"),
+            })
+        })
+        .collect()
+}
+
+pub fn mounts() -> Result<Vec<MountEntry>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| HelperError::failed(format!("cannot read mountinfo: {e}")))?;
+    Ok(parse_mountinfo(&text))
+}
+
+/// The block device's number, following symlinks.
+fn devno(dev: &str) -> Option<(u32, u32)> {
+    let meta = std::fs::metadata(dev).ok()?;
+    let rdev = meta.rdev();
+    Some((libc::major(rdev), libc::minor(rdev)))
+}
+
+fn label(c: &FsConfig) -> String {
+    format!("{}@{}", c.dev, c.mnt)
+}
+
+/// Mounts at `mnt` itself.
+fn at(mounts: &[MountEntry], mnt: &str) -> Vec<MountEntry> {
+    mounts
+        .iter()
+        .filter(|m| m.mountpoint == mnt)
+        .cloned()
+        .collect()
+}
+
+pub async fn status(rid: &str, c: &FsConfig) -> ResourceStatus {
+    let all = match mounts() {
+        Ok(m) => m,
+        Err(e) => return ResourceStatus::new(rid, State::Warn, label(c)).with_comment(e.message()),
+    };
+    let here = at(&all, &c.mnt);
+    let Some(devno) = devno(&c.dev) else {
+        let s = ResourceStatus::new(rid, State::Down, label(c));
+        return if here.is_empty() {
+            s.with_comment(format!("device {} not found", c.dev))
+        } else {
+            ResourceStatus::new(rid, State::Warn, label(c)).with_comment(format!(
+                "device {} not found, yet {} is mounted",
+                c.dev, c.mnt
+            ))
+        };
+    };
+    match here.iter().rev().find(|m| m.devno == devno) {
+        Some(m) if m.read_write => ResourceStatus::new(rid, State::Up, label(c)),
+        Some(_) => {
+            ResourceStatus::new(rid, State::Warn, label(c)).with_comment("mounted read-only")
+        }
+        None if !here.is_empty() => ResourceStatus::new(rid, State::Warn, label(c))
+            .with_comment(format!("{} is mounted from another device", c.mnt)),
+        None => ResourceStatus::new(rid, State::Down, label(c)),
+    }
+}
+
+fn config(ctx: &ResCtx) -> Result<FsConfig> {
+    match ctx.resource()?.1.config {
+        ResourceConfig::Fs(c) => Ok(c),
+        _ => Err(HelperError::failed(format!(
+            "{} is not a fs resource",
+            ctx.rid
+        ))),
+    }
+}
+
+async fn mount(c: &FsConfig) -> Result<Vec<String>> {
+    let Some(dev) = devno(&c.dev) else {
+        return Err(HelperError::failed(format!("device {} not found", c.dev)));
+    };
+    let here = at(&mounts()?, &c.mnt);
+    if here.iter().any(|m| m.devno == dev) {
+        return Ok(vec![format!("{} is already mounted on {}", c.dev, c.mnt)]);
+    }
+    if !here.is_empty() {
+        return Err(HelperError::Busy(format!(
+            "{} is already mounted from another device",
+            c.mnt
+        )));
+    }
+    let mut log = Vec::new();
+    if !Path::new(&c.mnt).exists() {
+        std::fs::create_dir_all(&c.mnt)
+            .map_err(|e| HelperError::failed(format!("cannot create {}: {e}", c.mnt)))?;
+        log.push(format!("create missing mountpoint {}", c.mnt));
+    }
+    if matches!(c.fstype.as_str(), "ext2" | "ext3" | "ext4") {
+        let out = cmd::run("e2fsck", &["-p", &c.dev]).await?;
+        log.push(cmd::display("e2fsck", &["-p", &c.dev]));
+        // 0: clean, 1: errors corrected; anything else needs a human.
+        if out.code > 1 {
+            return Err(HelperError::failed(format!(
+                "e2fsck -p {}: exit {}: {}{}",
+                c.dev,
+                out.code,
+                out.stdout.trim(),
+                out.stderr.trim()
+            )));
+        }
+    }
+    let mut args: Vec<&str> = vec!["-t", &c.fstype];
+    if let Some(o) = &c.mnt_opt {
+        args.extend(["-o", o]);
+    }
+    args.extend([c.dev.as_str(), c.mnt.as_str()]);
+    cmd::run_ok("mount", &args).await?;
+    log.push(cmd::display("mount", &args));
+    Ok(log)
+}
+
+/// Unmount `mnt` and everything below it, deepest first. A busy mount gets
+/// its users killed (`fuser -km`) and is retried, a bounded number of times.
+async fn unmount(c: &FsConfig) -> Result<Vec<String>> {
+    let mut log = Vec::new();
+    let below =
+        |m: &MountEntry| m.mountpoint == c.mnt || m.mountpoint.starts_with(&format!("{}/", c.mnt));
+    if !mounts()?.iter().any(below) {
+        return Ok(vec![format!("{} is already unmounted", c.mnt)]);
+    }
+    for attempt in 1..=UMOUNT_ATTEMPTS {
+        let mut busy = None;
+        // Later entries sit on top of earlier ones: unmount in reverse order.
+        // A data root that dockerd bind-mounted onto itself shows up here too.
+        for m in mounts()?.iter().filter(|m| below(m)).rev() {
+            match umount2(m.mountpoint.as_str(), MntFlags::empty()) {
+                Ok(()) => log.push(format!("umount {}", m.mountpoint)),
+                Err(nix::errno::Errno::EBUSY) => {
+                    busy = Some(m.mountpoint.clone());
+                    break;
+                }
+                Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+                Err(e) => return Err(HelperError::failed(format!("umount {}: {e}", m.mountpoint))),
+            }
+        }
+        let Some(path) = busy else {
+            if !mounts()?.iter().any(below) {
+                return Ok(log);
+            }
+            continue;
+        };
+        if attempt == UMOUNT_ATTEMPTS {
+            let users = cmd::run("fuser", &["-vm", &path])
+                .await
+                .map(|o| o.stderr)
+                .unwrap_or_default();
+            return Err(HelperError::Busy(format!(
+                "{path} is still busy after {UMOUNT_ATTEMPTS} attempts: {}",
+                users.trim()
+            )));
+        }
+        let _ = cmd::run("fuser", &["-km", &path]).await?;
+        log.push(format!("{path} is busy: fuser -km {path}"));
+        tokio::time::sleep(Duration::from_millis(100 * attempt as u64)).await;
+    }
+    Ok(log)
+}
+
+#[interface(name = "io.ferry.Helper1.Fs")]
+impl FsObject {
+    async fn check(&self) -> Result<(String, String, Vec<String>)> {
+        let c = config(&self.ctx)?;
+        let s = status(&self.ctx.rid, &c).await;
+        Ok((s.state, s.label, s.comments))
+    }
+
+    /// Create a missing mountpoint, fsck (ext*), mount.
+    async fn mount(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>> {
+        let ctx = &self.ctx;
+        ctx.privileged(conn, &header, "io.ferry.fs.mount", || async {
+            mount(&config(ctx)?).await
+        })
+        .await
+    }
+
+    /// Unmount the filesystem and anything mounted below it.
+    async fn unmount(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>> {
+        let ctx = &self.ctx;
+        ctx.privileged(conn, &header, "io.ferry.fs.unmount", || async {
+            unmount(&config(ctx)?).await
+        })
+        .await
+    }
+
+    #[zbus(property)]
+    fn rid(&self) -> String {
+        self.ctx.rid.clone()
+    }
+
+    #[zbus(property)]
+    fn settings(&self) -> HashMap<String, String> {
+        let mut m = HashMap::new();
+        if let Ok(c) = config(&self.ctx) {
+            m.insert("dev".into(), c.dev);
+            m.insert("mnt".into(), c.mnt);
+            m.insert("type".into(), c.fstype);
+            if let Some(o) = c.mnt_opt {
+                m.insert("mnt_opt".into(), o);
+            }
+        }
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_parsing() {
+        let text = "22 1 7:3 / /srv/busy\\040box rw,relatime shared:1 - ext4 /dev/loop3 rw\n\
+                    23 22 7:3 /docker /srv/busy\\040box/docker ro,relatime - ext4 /dev/loop3 rw\n";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].mountpoint, "/srv/busy box");
+        assert_eq!(m[0].devno, (7, 3));
+        assert!(m[0].read_write);
+        assert!(!m[1].read_write);
+    }
+}

@@ -1,0 +1,265 @@
+//! The service address: probe the wire, add, announce, remove.
+//!
+//! The free-address probe lives inside `Add` rather than being left to the
+//! caller: it is the first guard against running a service on two nodes, and
+//! a `busctl` caller cannot skip it.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
+use std::time::Duration;
+
+use ferry_core::config::{IpConfig, ResourceConfig};
+use ferry_core::status::{ResourceStatus, State};
+use nix::ifaddrs::getifaddrs;
+use zbus::message::Header;
+use zbus::{interface, Connection};
+
+use crate::arp;
+use crate::cmd;
+use crate::error::{HelperError, Result};
+use crate::registry::ResCtx;
+
+pub struct IpObject {
+    pub ctx: ResCtx,
+}
+
+fn label(c: &IpConfig) -> String {
+    format!("{}@{}", c.ipname, c.ipdev)
+}
+
+/// The configured name as an IPv4 address (a name is resolved by this node).
+pub async fn resolve(ipname: &str) -> Result<Ipv4Addr> {
+    if let Ok(ip) = ipname.parse::<IpAddr>() {
+        return match ip {
+            IpAddr::V4(v4) => Ok(v4),
+            IpAddr::V6(_) => Err(HelperError::InvalidConfig(format!(
+                "{ipname}: IPv6 service addresses are not supported yet"
+            ))),
+        };
+    }
+    let name = ipname.to_string();
+    let found = tokio::task::spawn_blocking(move || (name.as_str(), 0).to_socket_addrs())
+        .await
+        .map_err(|e| HelperError::failed(e.to_string()))?
+        .map_err(|e| HelperError::failed(format!("cannot resolve {ipname}: {e}")))?;
+    found
+        .filter_map(|sa| match sa.ip() {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+        .next()
+        .ok_or_else(|| HelperError::failed(format!("{ipname} has no IPv4 address")))
+}
+
+fn device_exists(dev: &str) -> bool {
+    nix::net::if_::if_nametoindex(dev).is_ok()
+}
+
+/// The IPv4 addresses on `dev`, with their prefix lengths.
+fn addresses(dev: &str) -> Result<Vec<(Ipv4Addr, u8)>> {
+    let addrs = getifaddrs().map_err(|e| HelperError::failed(format!("getifaddrs: {e}")))?;
+    Ok(addrs
+        .filter(|a| a.interface_name == dev)
+        .filter_map(|a| {
+            let ip = a.address?.as_sockaddr_in()?.ip();
+            let prefix = a
+                .netmask
+                .and_then(|m| {
+                    m.as_sockaddr_in()
+                        .map(|m| u32::from(m.ip()).count_ones() as u8)
+                })
+                .unwrap_or(32);
+            Some((ip, prefix))
+        })
+        .collect())
+}
+
+fn prefix_for(c: &IpConfig, addr: Ipv4Addr) -> Result<u8> {
+    if let Some(p) = c.netmask {
+        return Ok(p);
+    }
+    addresses(&c.ipdev)?
+        .into_iter()
+        .find(|(a, _)| *a != addr)
+        .map(|(_, p)| p)
+        .ok_or_else(|| {
+            HelperError::InvalidConfig(format!(
+                "netmask is not set and {} has no IPv4 address to take its prefix from",
+                c.ipdev
+            ))
+        })
+}
+
+pub async fn status(rid: &str, c: &IpConfig) -> ResourceStatus {
+    let addr = match resolve(&c.ipname).await {
+        Ok(a) => a,
+        Err(e) => return ResourceStatus::new(rid, State::Warn, label(c)).with_comment(e.message()),
+    };
+    if !device_exists(&c.ipdev) {
+        return ResourceStatus::new(rid, State::Down, label(c))
+            .with_comment(format!("no device {}", c.ipdev));
+    }
+    match addresses(&c.ipdev) {
+        Ok(list) if list.iter().any(|(a, _)| *a == addr) => {
+            ResourceStatus::new(rid, State::Up, label(c))
+        }
+        Ok(_) => ResourceStatus::new(rid, State::Down, label(c)),
+        Err(e) => ResourceStatus::new(rid, State::Warn, label(c)).with_comment(e.message()),
+    }
+}
+
+fn config(ctx: &ResCtx) -> Result<IpConfig> {
+    match ctx.resource()?.1.config {
+        ResourceConfig::Ip(c) => Ok(c),
+        _ => Err(HelperError::failed(format!(
+            "{} is not an ip resource",
+            ctx.rid
+        ))),
+    }
+}
+
+fn require_device(ctx: &ResCtx, c: &IpConfig) -> Result<()> {
+    if device_exists(&c.ipdev) {
+        Ok(())
+    } else {
+        Err(HelperError::failed(format!(
+            "no device {} on {}",
+            c.ipdev,
+            ctx.reg.node()
+        )))
+    }
+}
+
+async fn add(ctx: &ResCtx) -> Result<Vec<String>> {
+    let c = config(ctx)?;
+    let addr = resolve(&c.ipname).await?;
+    require_device(ctx, &c)?;
+    if addresses(&c.ipdev)?.iter().any(|(a, _)| *a == addr) {
+        return Ok(vec![format!("{addr} is already up on {}", c.ipdev)]);
+    }
+    let prefix = prefix_for(&c, addr)?;
+    let mut log = vec![format!("checking {addr} availability")];
+    let window = Duration::from_millis(u64::from(c.probe_ms));
+    let dev = c.ipdev.clone();
+    let answer = tokio::task::spawn_blocking(move || arp::probe(&dev, addr, window))
+        .await
+        .map_err(|e| HelperError::failed(e.to_string()))?
+        .map_err(|e| HelperError::failed(format!("ARP probe on {}: {e}", c.ipdev)))?;
+    if let Some(mac) = answer {
+        return Err(HelperError::AddressInUse(format!(
+            "{addr} is in use on the wire (answered by {mac} on {}): the service may be running on another node",
+            c.ipdev
+        )));
+    }
+    let cidr = format!("{addr}/{prefix}");
+    let args = ["addr", "add", cidr.as_str(), "dev", c.ipdev.as_str()];
+    cmd::run_ok("ip", &args).await?;
+    log.push(cmd::display("ip", &args));
+    Ok(log)
+}
+
+async fn announce(ctx: &ResCtx) -> Result<Vec<String>> {
+    let c = config(ctx)?;
+    let addr = resolve(&c.ipname).await?;
+    require_device(ctx, &c)?;
+    if !addresses(&c.ipdev)?.iter().any(|(a, _)| *a == addr) {
+        return Err(HelperError::failed(format!(
+            "{addr} is not up on {}: nothing to announce",
+            c.ipdev
+        )));
+    }
+    let dev = c.ipdev.clone();
+    tokio::task::spawn_blocking(move || arp::announce(&dev, addr))
+        .await
+        .map_err(|e| HelperError::failed(e.to_string()))?
+        .map_err(|e| HelperError::failed(format!("ARP announce on {}: {e}", c.ipdev)))?;
+    Ok(vec![format!("gratuitous arp for {addr} on {}", c.ipdev)])
+}
+
+async fn remove(ctx: &ResCtx) -> Result<Vec<String>> {
+    let c = config(ctx)?;
+    let addr = resolve(&c.ipname).await?;
+    if !device_exists(&c.ipdev) {
+        return Ok(vec![format!(
+            "{addr} is already down (no device {})",
+            c.ipdev
+        )]);
+    }
+    let Some((_, prefix)) = addresses(&c.ipdev)?.into_iter().find(|(a, _)| *a == addr) else {
+        return Ok(vec![format!("{addr} is already down on {}", c.ipdev)]);
+    };
+    let cidr = format!("{addr}/{prefix}");
+    let args = ["addr", "del", cidr.as_str(), "dev", c.ipdev.as_str()];
+    cmd::run_ok("ip", &args).await?;
+    // The address must be gone from this node, or a start elsewhere would
+    // bring it up twice.
+    if addresses(&c.ipdev)?.iter().any(|(a, _)| *a == addr) {
+        return Err(HelperError::failed(format!(
+            "{addr} is still up on {} after removal",
+            c.ipdev
+        )));
+    }
+    Ok(vec![cmd::display("ip", &args)])
+}
+
+#[interface(name = "io.ferry.Helper1.Ip")]
+impl IpObject {
+    /// `(state, label, comments)`.
+    async fn check(&self) -> Result<(String, String, Vec<String>)> {
+        let c = config(&self.ctx)?;
+        let s = status(&self.ctx.rid, &c).await;
+        Ok((s.state, s.label, s.comments))
+    }
+
+    /// Probe the wire for the address (AddressInUse when another host
+    /// answers), then add it to the device.
+    async fn add(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>> {
+        let ctx = &self.ctx;
+        ctx.privileged(conn, &header, "io.ferry.ip.add", || add(ctx))
+            .await
+    }
+
+    /// Send a gratuitous ARP for the address.
+    async fn announce(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>> {
+        let ctx = &self.ctx;
+        ctx.privileged(conn, &header, "io.ferry.ip.announce", || announce(ctx))
+            .await
+    }
+
+    async fn remove(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>> {
+        let ctx = &self.ctx;
+        ctx.privileged(conn, &header, "io.ferry.ip.remove", || remove(ctx))
+            .await
+    }
+
+    #[zbus(property)]
+    fn rid(&self) -> String {
+        self.ctx.rid.clone()
+    }
+
+    #[zbus(property)]
+    fn settings(&self) -> HashMap<String, String> {
+        let mut m = HashMap::new();
+        if let Ok(c) = config(&self.ctx) {
+            m.insert("ipdev".into(), c.ipdev);
+            m.insert("ipname".into(), c.ipname);
+            if let Some(n) = c.netmask {
+                m.insert("netmask".into(), n.to_string());
+            }
+            m.insert("probe_ms".into(), c.probe_ms.to_string());
+        }
+        m
+    }
+}

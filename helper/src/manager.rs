@@ -1,0 +1,105 @@
+//! `io.ferry.Helper1.Manager` on the root object: the node's services, and
+//! installing a config pushed by a peer.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::sync::Arc;
+
+use ferry_core::config;
+use zbus::message::Header;
+use zbus::object_server::ObjectServer;
+use zbus::{interface, Connection};
+
+use crate::auth::privileged;
+use crate::error::{HelperError, Result};
+use crate::registry::Registry;
+
+pub struct ManagerObject {
+    pub reg: Arc<Registry>,
+}
+
+/// Validate, then replace `<dir>/<service>.conf` atomically: a reader sees
+/// the old file or the new one, never a mix, and a bad text replaces nothing.
+fn install(reg: &Registry, service: &str, text: &str) -> Result<String> {
+    if !config::valid_service_name(service) {
+        return Err(HelperError::InvalidArgument(format!(
+            "'{service}' is not a valid service name"
+        )));
+    }
+    let dir = reg.dir();
+    let path = dir.join(format!("{service}.conf"));
+    let cfg = config::parse_service(&path.display().to_string(), text)
+        .map_err(|e| HelperError::InvalidConfig(e.to_string()))?;
+    if !cfg.nodes.iter().any(|n| n == reg.node()) {
+        return Err(HelperError::InvalidConfig(format!(
+            "{}: node {} is not one of the service's nodes ({})",
+            path.display(),
+            reg.node(),
+            cfg.nodes.join(" ")
+        )));
+    }
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{service}.conf.tmp"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(cfg.checksum())
+}
+
+#[interface(name = "io.ferry.Helper1.Manager")]
+impl ManagerObject {
+    async fn list_services(&self) -> Vec<String> {
+        self.reg.service_names()
+    }
+
+    /// Re-read the config directory (configs are root-owned files: reading
+    /// them again grants nothing).
+    async fn reload(&self, #[zbus(object_server)] server: &ObjectServer) -> Result<Vec<String>> {
+        self.reg.reload(server).await
+    }
+
+    async fn install_config(
+        &self,
+        service: String,
+        text: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(object_server)] server: &ObjectServer,
+    ) -> Result<String> {
+        let reg = self.reg.clone();
+        privileged(
+            &self.reg,
+            conn,
+            &header,
+            "io.ferry.config.install",
+            &service,
+            "",
+            || async {
+                let sum = install(&reg, &service, &text)?;
+                reg.reload(server).await?;
+                Ok(sum)
+            },
+        )
+        .await
+    }
+
+    #[zbus(property)]
+    fn node_name(&self) -> String {
+        self.reg.node().to_string()
+    }
+
+    #[zbus(property)]
+    fn version(&self) -> String {
+        env!("CARGO_PKG_VERSION").to_string()
+    }
+}

@@ -1,0 +1,342 @@
+//! Volume groups: ownership by host tag, activation, and optional SCSI-3
+//! persistent reservations.
+//!
+//! The reservation path (sg_persist) cannot run on the development machines
+//! (no SCSI devices, no device-mapper); it is the real code path, untested
+//! here, and only runs when the config says `scsireserv = true`.
+
+use std::collections::HashMap;
+
+use ferry_core::config::{ResourceConfig, VgConfig};
+use ferry_core::status::{ResourceStatus, State};
+use zbus::message::Header;
+use zbus::{interface, Connection};
+
+use crate::cmd;
+use crate::error::{HelperError, Result};
+use crate::registry::ResCtx;
+
+pub struct VgObject {
+    pub ctx: ResCtx,
+}
+
+/// SCSI-3 reservation type "Write Exclusive – Registrants Only".
+const PROUT_TYPE: &str = "5";
+
+struct VgState {
+    tags: Vec<String>,
+    lv_count: u32,
+    lv_active: u32,
+}
+
+async fn vg_state(vg: &str) -> Result<VgState> {
+    let out = cmd::run_ok(
+        "vgs",
+        &[
+            "--noheadings",
+            "--separator",
+            "|",
+            "-o",
+            "vg_tags,lv_count",
+            vg,
+        ],
+    )
+    .await?;
+    let line = out.stdout.lines().next().unwrap_or("").trim().to_string();
+    let (tags, count) = line.split_once('|').unwrap_or(("", "0"));
+    let tags = tags
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect();
+    let lv_count = count.trim().parse().unwrap_or(0);
+    let lv_active = if lv_count > 0 {
+        let out = cmd::run_ok("lvs", &["--noheadings", "-o", "lv_active", vg]).await?;
+        out.stdout.lines().filter(|l| l.trim() == "active").count() as u32
+    } else {
+        0
+    };
+    Ok(VgState {
+        tags,
+        lv_count,
+        lv_active,
+    })
+}
+
+pub async fn status(node: &str, rid: &str, c: &VgConfig) -> ResourceStatus {
+    let st = match vg_state(&c.vgname).await {
+        Ok(s) => s,
+        Err(e) => {
+            return ResourceStatus::new(rid, State::Down, &c.vgname).with_comment(e.message())
+        }
+    };
+    let ours = st.tags.iter().any(|t| t == node);
+    let others: Vec<&String> = st.tags.iter().filter(|t| *t != node).collect();
+    let active = st.lv_active == st.lv_count;
+    let mut s = match (ours, active && st.lv_count > 0, st.lv_active > 0) {
+        (true, _, _) if active => ResourceStatus::new(rid, State::Up, &c.vgname),
+        (true, _, _) => ResourceStatus::new(rid, State::Warn, &c.vgname).with_comment(format!(
+            "{} of {} logical volumes active",
+            st.lv_active, st.lv_count
+        )),
+        (false, _, true) => ResourceStatus::new(rid, State::Warn, &c.vgname)
+            .with_comment("logical volumes active without this node's tag"),
+        (false, _, false) => ResourceStatus::new(rid, State::Down, &c.vgname),
+    };
+    if !others.is_empty() {
+        let names: Vec<&str> = others.iter().map(|s| s.as_str()).collect();
+        s = s.with_comment(format!("tagged by {}", names.join(", ")));
+    }
+    s
+}
+
+fn config(ctx: &ResCtx) -> Result<VgConfig> {
+    match ctx.resource()?.1.config {
+        ResourceConfig::Vg(c) => Ok(c),
+        _ => Err(HelperError::failed(format!(
+            "{} is not a vg resource",
+            ctx.rid
+        ))),
+    }
+}
+
+async fn vgchange(log: &mut Vec<String>, args: &[&str]) -> Result<()> {
+    cmd::run_ok("vgchange", args).await?;
+    log.push(cmd::display("vgchange", args));
+    Ok(())
+}
+
+/// Take ownership: drop other nodes' tags, add ours.
+async fn tag(node: &str, c: &VgConfig) -> Result<Vec<String>> {
+    let st = vg_state(&c.vgname).await?;
+    let mut log = Vec::new();
+    for t in st.tags.iter().filter(|t| *t != node) {
+        vgchange(&mut log, &["--deltag", t, &c.vgname]).await?;
+    }
+    if st.tags.iter().any(|t| t == node) {
+        log.push(format!("{} is already tagged {node}", c.vgname));
+    } else {
+        vgchange(&mut log, &["--addtag", node, &c.vgname]).await?;
+    }
+    Ok(log)
+}
+
+async fn untag(node: &str, c: &VgConfig) -> Result<Vec<String>> {
+    let st = vg_state(&c.vgname).await?;
+    let mut log = Vec::new();
+    if st.tags.iter().any(|t| t == node) {
+        vgchange(&mut log, &["--deltag", node, &c.vgname]).await?;
+    } else {
+        log.push(format!("{} is not tagged {node}", c.vgname));
+    }
+    Ok(log)
+}
+
+async fn activate(c: &VgConfig, on: bool) -> Result<Vec<String>> {
+    let mut log = Vec::new();
+    vgchange(&mut log, &["-a", if on { "y" } else { "n" }, &c.vgname]).await?;
+    Ok(log)
+}
+
+/// This host's reservation key, from its host id.
+fn host_key() -> String {
+    // SAFETY: gethostid has no preconditions.
+    let id = unsafe { libc::gethostid() } as u32;
+    format!("0x{id:x}")
+}
+
+async fn physical_volumes(vg: &str) -> Result<Vec<String>> {
+    let out = cmd::run_ok("vgs", &["--noheadings", "-o", "pv_name", vg]).await?;
+    Ok(out
+        .stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// The key holding the reservation on `dev`, if any.
+async fn holder(dev: &str) -> Result<Option<String>> {
+    let out = cmd::run_ok("sg_persist", &["--in", "--read-reservation", dev]).await?;
+    Ok(out
+        .stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Key=").map(|k| k.trim().to_string())))
+}
+
+async fn reserve(c: &VgConfig, force: bool) -> Result<Vec<String>> {
+    if !c.scsireserv {
+        return Ok(vec![format!("scsireserv is off for {}", c.vgname)]);
+    }
+    let key = host_key();
+    let mut log = Vec::new();
+    for dev in physical_volumes(&c.vgname).await? {
+        let register = ["--out", "--register-ignore", "--param-sark", &key, &dev];
+        cmd::run_ok("sg_persist", &register).await?;
+        log.push(cmd::display("sg_persist", &register));
+        match holder(&dev).await? {
+            Some(h) if h == key => log.push(format!("{dev} is already reserved by {key}")),
+            Some(other) if !force => return Err(HelperError::Busy(format!(
+                "{dev} is reserved by key {other}: another node holds it (use --force to preempt)"
+            ))),
+            Some(other) => {
+                let args = [
+                    "--out",
+                    "--preempt-abort",
+                    "--param-rk",
+                    &key,
+                    "--param-sark",
+                    &other,
+                    "--prout-type",
+                    PROUT_TYPE,
+                    &dev,
+                ];
+                cmd::run_ok("sg_persist", &args).await?;
+                log.push(cmd::display("sg_persist", &args));
+            }
+            None => {
+                let args = [
+                    "--out",
+                    "--reserve",
+                    "--param-rk",
+                    &key,
+                    "--prout-type",
+                    PROUT_TYPE,
+                    &dev,
+                ];
+                cmd::run_ok("sg_persist", &args).await?;
+                log.push(cmd::display("sg_persist", &args));
+            }
+        }
+    }
+    Ok(log)
+}
+
+async fn release(c: &VgConfig) -> Result<Vec<String>> {
+    if !c.scsireserv {
+        return Ok(vec![format!("scsireserv is off for {}", c.vgname)]);
+    }
+    let key = host_key();
+    let mut log = Vec::new();
+    for dev in physical_volumes(&c.vgname).await? {
+        if holder(&dev).await?.as_deref() == Some(key.as_str()) {
+            let args = [
+                "--out",
+                "--release",
+                "--param-rk",
+                &key,
+                "--prout-type",
+                PROUT_TYPE,
+                &dev,
+            ];
+            cmd::run_ok("sg_persist", &args).await?;
+            log.push(cmd::display("sg_persist", &args));
+        }
+        let unregister = ["--out", "--register", "--param-rk", &key, &dev];
+        cmd::run_ok("sg_persist", &unregister).await?;
+        log.push(cmd::display("sg_persist", &unregister));
+    }
+    Ok(log)
+}
+
+#[interface(name = "io.ferry.Helper1.Vg")]
+impl VgObject {
+    async fn check(&self) -> Result<(String, String, Vec<String>)> {
+        let c = config(&self.ctx)?;
+        let s = status(self.ctx.reg.node(), &self.ctx.rid, &c).await;
+        Ok((s.state, s.label, s.comments))
+    }
+
+    /// Drop other nodes' host tags and add this node's.
+    async fn tag(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>> {
+        let ctx = &self.ctx;
+        ctx.privileged(conn, &header, "io.ferry.vg.tag", || async {
+            tag(ctx.reg.node(), &config(ctx)?).await
+        })
+        .await
+    }
+
+    async fn untag(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>> {
+        let ctx = &self.ctx;
+        ctx.privileged(conn, &header, "io.ferry.vg.untag", || async {
+            untag(ctx.reg.node(), &config(ctx)?).await
+        })
+        .await
+    }
+
+    async fn activate(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>> {
+        let ctx = &self.ctx;
+        ctx.privileged(conn, &header, "io.ferry.vg.activate", || async {
+            activate(&config(ctx)?, true).await
+        })
+        .await
+    }
+
+    async fn deactivate(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>> {
+        let ctx = &self.ctx;
+        ctx.privileged(conn, &header, "io.ferry.vg.deactivate", || async {
+            activate(&config(ctx)?, false).await
+        })
+        .await
+    }
+
+    /// SCSI-3 persistent reservation of the VG's disks (scsireserv = true
+    /// only); `force` preempts another node's key.
+    async fn reserve(
+        &self,
+        force: bool,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>> {
+        let ctx = &self.ctx;
+        ctx.privileged(conn, &header, "io.ferry.vg.reserve", || async {
+            reserve(&config(ctx)?, force).await
+        })
+        .await
+    }
+
+    async fn release(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>> {
+        let ctx = &self.ctx;
+        ctx.privileged(conn, &header, "io.ferry.vg.release", || async {
+            release(&config(ctx)?).await
+        })
+        .await
+    }
+
+    #[zbus(property)]
+    fn rid(&self) -> String {
+        self.ctx.rid.clone()
+    }
+
+    #[zbus(property)]
+    fn settings(&self) -> HashMap<String, String> {
+        let mut m = HashMap::new();
+        if let Ok(c) = config(&self.ctx) {
+            m.insert("vgname".into(), c.vgname);
+            m.insert("scsireserv".into(), c.scsireserv.to_string());
+        }
+        m
+    }
+}
