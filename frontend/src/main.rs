@@ -1,1 +1,210 @@
-fn main() {}
+//! ferry: the operator's command. Runs as any user; everything privileged is
+//! a call to this node's ferry-helper (or, for other nodes, to theirs over
+//! ssh), which asks polkit.
+
+mod action;
+mod client;
+mod docker;
+mod error;
+mod log;
+mod resource;
+mod status;
+mod sync;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ferry_core::config;
+
+use crate::client::Helper;
+use crate::error::{FerryError, Result};
+use crate::log::Log;
+
+#[derive(Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Relocate Docker-based services between nodes sharing storage"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Show the status tree of services on this node (all when none named).
+    Status {
+        services: Vec<String>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Start a service here (all resources, or those named with --rid).
+    Start {
+        service: String,
+        /// Resource ids, e.g. --rid ip#1,fs#1
+        #[arg(long, value_delimiter = ',')]
+        rid: Vec<String>,
+    },
+    /// Stop a service here, in the reverse order of start.
+    Stop {
+        service: String,
+        #[arg(long, value_delimiter = ',')]
+        rid: Vec<String>,
+    },
+    /// Print things: `ferry print config SVC`.
+    Print {
+        #[command(subcommand)]
+        what: PrintWhat,
+    },
+    /// Validate config files; every error as FILE:LINE: [section] key: what.
+    Validate { files: Vec<PathBuf> },
+    /// Run an allowed docker subcommand against the service's daemon.
+    Docker {
+        service: String,
+        #[arg(long)]
+        rid: Option<String>,
+        #[arg(last = true, required = true)]
+        args: Vec<String>,
+    },
+    /// Ask the helper to re-read the config directory.
+    Reload,
+}
+
+#[derive(Subcommand)]
+enum PrintWhat {
+    /// The service's config as this node's helper runs it.
+    Config { service: String },
+}
+
+fn validate(files: &[PathBuf]) -> Result<()> {
+    if files.is_empty() {
+        return Err(FerryError::Usage(
+            "ferry validate: name at least one file".into(),
+        ));
+    }
+    let mut errors = Vec::new();
+    for f in files {
+        match config::load_service(f) {
+            Ok(cfg) => println!(
+                "{}: ok (service {}, {} resources, sha256 {})",
+                f.display(),
+                cfg.name,
+                cfg.resources.len(),
+                &cfg.checksum()[..12]
+            ),
+            Err(e) => errors.extend(e.0),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(FerryError::Config(config::ConfigErrors(errors)))
+    }
+}
+
+async fn status(services: Vec<String>, format: Format) -> Result<()> {
+    let h = Helper::connect().await?;
+    let node = h.node_name().await?;
+    let names = if services.is_empty() {
+        h.services().await?
+    } else {
+        services
+    };
+    let mut all = Vec::new();
+    for name in &names {
+        let cfg = h.config(name).await?;
+        all.push(status::service_status(&h, &cfg, &node).await?);
+    }
+    match format {
+        Format::Json => {
+            let text = serde_json::to_string_pretty(&all)
+                .map_err(|e| FerryError::Failed(e.to_string()))?;
+            println!("{text}");
+        }
+        Format::Text => {
+            for s in &all {
+                print!("{}", s.render_tree());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Validate { files } => validate(&files).map(|_| 0),
+        Cmd::Status { services, format } => status(services, format).await.map(|_| 0),
+        Cmd::Start { service, rid } => {
+            let h = Helper::connect().await?;
+            let cfg = h.config(&service).await?;
+            action::start(&h, &cfg, &rid, &Log::new(&service))
+                .await
+                .map(|_| 0)
+        }
+        Cmd::Stop { service, rid } => {
+            let h = Helper::connect().await?;
+            let cfg = h.config(&service).await?;
+            action::stop(&h, &cfg, &rid, &Log::new(&service))
+                .await
+                .map(|_| 0)
+        }
+        Cmd::Print {
+            what: PrintWhat::Config { service },
+        } => {
+            let h = Helper::connect().await?;
+            h.config(&service).await?;
+            let (text, _) = h.service(&service).await?.config().await?;
+            print!("{text}");
+            Ok(0)
+        }
+        Cmd::Docker { service, rid, args } => {
+            let h = Helper::connect().await?;
+            docker::run(&h, &service, rid.as_deref(), args).await
+        }
+        Cmd::Reload => {
+            let h = Helper::connect().await?;
+            let services = h.manager().await?.reload().await?;
+            println!("services: {}", services.join(" "));
+            Ok(0)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferry: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = std::io::stdout().flush();
+            eprintln!("ferry: {e}");
+            i32::from(e.exit_code())
+        }
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

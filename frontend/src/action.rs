@@ -1,0 +1,121 @@
+//! `ferry start` and `ferry stop` on this node: the helper calls of each
+//! resource, in the config's order, logged as they go; a failed start rolls
+//! back what it did, in reverse.
+
+use std::time::Instant;
+
+use ferry_core::config::{Kind, Resource, ServiceConfig};
+use ferry_core::status::State;
+
+use crate::client::Helper;
+use crate::error::{FerryError, Result};
+use crate::log::Log;
+use crate::resource;
+
+/// The resources named by `--rid` (all when none), in start order.
+pub fn select<'a>(cfg: &'a ServiceConfig, rids: &[String]) -> Result<Vec<&'a Resource>> {
+    for rid in rids {
+        if cfg.resource(rid).is_none() {
+            let known: Vec<&str> = cfg.resources.iter().map(|r| r.rid.as_str()).collect();
+            return Err(FerryError::Usage(format!(
+                "service '{}' has no resource {rid} (resources: {})",
+                cfg.name,
+                known.join(", ")
+            )));
+        }
+    }
+    Ok(cfg
+        .resources
+        .iter()
+        .filter(|r| rids.is_empty() || rids.contains(&r.rid))
+        .collect())
+}
+
+pub async fn start(h: &Helper, cfg: &ServiceConfig, rids: &[String], log: &Log) -> Result<()> {
+    let selected = select(cfg, rids)?;
+    let before = h.service(&cfg.name).await?.status().await?;
+    let was_up = |rid: &str| {
+        before
+            .iter()
+            .any(|s| s.rid == rid && s.state() == State::Up)
+    };
+    let t0 = Instant::now();
+    let mut touched: Vec<&Resource> = Vec::new();
+    for r in &selected {
+        match resource::start(h, cfg, r, log).await {
+            Ok(()) => touched.push(r),
+            Err(e) => {
+                log.error(Some(&r.rid), &format!("start failed: {e}"));
+                // A refused call did nothing; any other failure may have
+                // done part of the resource's start.
+                if !matches!(e, FerryError::NotAuthorized(_)) {
+                    touched.push(r);
+                }
+                let undo: Vec<&Resource> =
+                    touched.into_iter().filter(|r| !was_up(&r.rid)).collect();
+                if !undo.is_empty() {
+                    log.warn(None, "rolling back what this start did");
+                    stop_list(h, cfg, &undo, log, true).await.ok();
+                }
+                return Err(e);
+            }
+        }
+    }
+    log.info(
+        None,
+        &format!("start done in {} ms", t0.elapsed().as_millis()),
+    );
+    Ok(())
+}
+
+pub async fn stop(h: &Helper, cfg: &ServiceConfig, rids: &[String], log: &Log) -> Result<()> {
+    let selected = select(cfg, rids)?;
+    let t0 = Instant::now();
+    stop_list(h, cfg, &selected, log, false).await?;
+    log.info(
+        None,
+        &format!("stop done in {} ms", t0.elapsed().as_millis()),
+    );
+    Ok(())
+}
+
+/// Stop `list` (given in start order) in reverse. When `keep_going`, a
+/// failure is logged and the rest is still stopped (rollback); otherwise the
+/// first failure ends the stop, leaving what sits below it up.
+async fn stop_list(
+    h: &Helper,
+    cfg: &ServiceConfig,
+    list: &[&Resource],
+    log: &Log,
+    keep_going: bool,
+) -> Result<()> {
+    let all_containers: Vec<&str> = cfg
+        .resources
+        .iter()
+        .filter(|r| r.kind() == Kind::Container)
+        .map(|r| r.rid.as_str())
+        .collect();
+    let selected_containers = list.iter().filter(|r| r.kind() == Kind::Container).count();
+    let whole = all_containers.len() == selected_containers;
+    let mut containers_left = selected_containers;
+    let mut first_err = None;
+    for r in list.iter().rev() {
+        let last_container = if r.kind() == Kind::Container {
+            containers_left -= 1;
+            containers_left == 0 && whole
+        } else {
+            false
+        };
+        if let Err(e) = resource::stop(h, cfg, r, last_container, log).await {
+            log.error(Some(&r.rid), &format!("stop failed: {e}"));
+            if !keep_going {
+                return Err(e);
+            }
+            first_err.get_or_insert(e);
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

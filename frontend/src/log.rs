@@ -1,0 +1,89 @@
+//! The action log, in the seed's layout:
+//! `18:13:37 INFO    BUSYBOX.FS#1               mount -t ext4 …`.
+
+use std::future::Future;
+use std::time::Instant;
+
+use crate::error::Result;
+
+pub fn clock() -> String {
+    // SAFETY: localtime_r writes into the tm we own.
+    unsafe {
+        let now = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&now, &mut tm).is_null() {
+            return "--:--:--".into();
+        }
+        format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+    }
+}
+
+pub struct Log {
+    service: String,
+    /// Prefix naming the node, when actions run on several.
+    node: Option<String>,
+}
+
+impl Log {
+    pub fn new(service: &str) -> Log {
+        Log {
+            service: service.to_string(),
+            node: None,
+        }
+    }
+
+    pub fn on_node(service: &str, node: &str) -> Log {
+        Log {
+            service: service.to_string(),
+            node: Some(node.to_string()),
+        }
+    }
+
+    fn who(&self, rid: Option<&str>) -> String {
+        let mut w = self.service.to_uppercase();
+        if let Some(r) = rid {
+            w.push('.');
+            w.push_str(&r.to_uppercase());
+        }
+        w
+    }
+
+    pub fn line(&self, level: &str, rid: Option<&str>, msg: &str) {
+        let node = self
+            .node
+            .as_deref()
+            .map(|n| format!("{n}: "))
+            .unwrap_or_default();
+        println!("{node}{} {level:<7} {:<27} {msg}", clock(), self.who(rid));
+    }
+
+    pub fn info(&self, rid: Option<&str>, msg: &str) {
+        self.line("INFO", rid, msg);
+    }
+
+    pub fn warn(&self, rid: Option<&str>, msg: &str) {
+        self.line("WARNING", rid, msg);
+    }
+
+    pub fn error(&self, rid: Option<&str>, msg: &str) {
+        self.line("ERROR", rid, msg);
+    }
+
+    /// Run one helper call, print what it did, the last line with its time.
+    pub async fn call<F>(&self, rid: &str, fut: F) -> Result<Vec<String>>
+    where
+        F: Future<Output = zbus::Result<Vec<String>>>,
+    {
+        let t = Instant::now();
+        let lines = fut.await?;
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        for (i, l) in lines.iter().enumerate() {
+            if i + 1 == lines.len() {
+                self.info(Some(rid), &format!("{l} ({ms:.0} ms)"));
+            } else {
+                self.info(Some(rid), l);
+            }
+        }
+        Ok(lines)
+    }
+}

@@ -1,0 +1,33 @@
+//! container: the service's private docker daemon first (when it has a
+//! data dir), then the container; stop the container, then the daemon once
+//! no container of the service is left.
+
+use ferry_core::config::ServiceConfig;
+
+use crate::client::Helper;
+use crate::error::Result;
+use crate::log::Log;
+
+pub async fn start(h: &Helper, svc: &ServiceConfig, rid: &str, log: &Log) -> Result<()> {
+    let c = h.container(&svc.name, rid).await?;
+    if svc.docker_data_dir.is_some() {
+        log.call(rid, c.start_daemon()).await?;
+    }
+    log.call(rid, c.start()).await?;
+    Ok(())
+}
+
+pub async fn stop(
+    h: &Helper,
+    svc: &ServiceConfig,
+    rid: &str,
+    last_container: bool,
+    log: &Log,
+) -> Result<()> {
+    let c = h.container(&svc.name, rid).await?;
+    log.call(rid, c.stop()).await?;
+    if last_container && svc.docker_data_dir.is_some() {
+        log.call(rid, c.stop_daemon()).await?;
+    }
+    Ok(())
+}
