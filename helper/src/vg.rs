@@ -178,9 +178,11 @@ async fn reserve(c: &VgConfig, force: bool) -> Result<Vec<String>> {
         log.push(cmd::display("sg_persist", &register));
         match holder(&dev).await? {
             Some(h) if h == key => log.push(format!("{dev} is already reserved by {key}")),
-            Some(other) if !force => return Err(HelperError::Busy(format!(
+            Some(other) if !force => {
+                return Err(HelperError::Busy(format!(
                 "{dev} is reserved by key {other}: another node holds it (use --force to preempt)"
-            ))),
+            )))
+            }
             Some(other) => {
                 let args = [
                     "--out",
