@@ -42,7 +42,10 @@ impl fmt::Display for ConfigError {
         if let Some(k) = &self.key {
             write!(f, " {k}")?;
         }
-        write!(f, ": {}", self.message)
+        if self.section.is_some() || self.key.is_some() {
+            write!(f, ":")?;
+        }
+        write!(f, " {}", self.message)
     }
 }
 
@@ -225,6 +228,8 @@ struct Positions {
     keys: HashMap<(String, String), Vec<usize>>,
     /// Keys that precede any section header.
     orphan_keys: Vec<(String, usize)>,
+    /// Lines that are neither a section, a `key = value` nor a comment.
+    malformed: Vec<(usize, String)>,
 }
 
 fn scan_positions(text: &str) -> Positions {
@@ -236,13 +241,26 @@ fn scan_positions(text: &str) -> Positions {
             continue;
         }
         if let Some(rest) = line.strip_prefix('[') {
+            if !rest.contains(']') {
+                pos.malformed.push((
+                    i + 1,
+                    format!("syntax error: section header '{line}' has no closing ']'"),
+                ));
+                continue;
+            }
             let name = rest.split(']').next().unwrap_or("").trim().to_string();
             pos.sections.push((name.clone(), i + 1));
             current = Some(name);
             continue;
         }
         // rust-ini splits a key at the first '=' or ':'
-        let sep = line.find(['=', ':']).unwrap_or(line.len());
+        let Some(sep) = line.find(['=', ':']) else {
+            pos.malformed.push((
+                i + 1,
+                format!("syntax error: '{line}' is not 'key = value'"),
+            ));
+            continue;
+        };
         let key = line[..sep].trim().to_string();
         match &current {
             Some(s) => pos.keys.entry((s.clone(), key)).or_default().push(i + 1),
@@ -473,6 +491,18 @@ pub fn parse_service(file: &str, text: &str) -> Result<ServiceConfig, ConfigErro
                       digits, '.', '-' and '_'"
                 .into(),
         });
+    }
+    if !ck.pos.malformed.is_empty() {
+        for (line, message) in std::mem::take(&mut ck.pos.malformed) {
+            ck.errors.push(ConfigError {
+                file: file.to_string(),
+                line,
+                section: None,
+                key: None,
+                message,
+            });
+        }
+        return Err(ConfigErrors(ck.errors));
     }
     let opt = ini::ParseOption {
         enabled_quote: false,
