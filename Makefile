@@ -1,0 +1,51 @@
+# ferry: the two commands a user needs are `make demo` and `make check`.
+SHELL := /bin/bash
+CARGO ?= cargo
+PREFIX ?= /usr/local
+
+.PHONY: all build deps demo check lint unit integration bench install clean lab-down
+
+all: build
+
+deps:
+	@bash tests/deps.sh
+
+build:
+	$(CARGO) build --release --locked
+
+# The tutorial on a lab of two nodes: sync, relocate there and back.
+demo: deps build
+	bash tests/demo.sh
+
+# Everything CI runs: formatting, lints, unit tests, the lab integration tests.
+check: deps lint unit build integration
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --locked
+
+integration: build
+	bash tests/integration/run.sh
+
+bench: deps build
+	bash tests/bench/relocate.sh
+
+lab-down:
+	bash tests/lab/lab down
+
+install: build
+	install -D -m 0755 target/release/ferry $(DESTDIR)$(PREFIX)/bin/ferry
+	install -D -m 0755 target/release/ferry-helper $(DESTDIR)$(PREFIX)/libexec/ferry-helper
+	install -D -m 0644 dbus-policy/io.ferry.Helper1.conf $(DESTDIR)/etc/dbus-1/system.d/io.ferry.Helper1.conf
+	install -D -m 0644 systemd/io.ferry.Helper1.service $(DESTDIR)/usr/share/dbus-1/system-services/io.ferry.Helper1.service
+	install -D -m 0644 systemd/ferry-helper.service $(DESTDIR)/etc/systemd/system/ferry-helper.service
+	install -D -m 0644 polkit/io.ferry.policy $(DESTDIR)/usr/share/polkit-1/actions/io.ferry.policy
+	install -d -m 0755 $(DESTDIR)/etc/ferry/services
+	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/ferry/README.md
+	@echo "installed; now grant rights with a polkit rule (see polkit/*.rules) and: systemctl daemon-reload; dbus reload"
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install what building and testing ferry needs on a fresh Debian 12, when it
+# is missing. Idempotent; quiet when everything is there.
+set -euo pipefail
+packages=(docker.io containerd tini dbus polkitd openssh-server openssh-client sudo lvm2
+  busybox-static iputils-arping e2fsprogs psmisc iproute2 util-linux systemd procps)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "deps: cargo not found: install a Rust toolchain (rustup)" >&2; exit 1; }
