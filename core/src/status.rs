@@ -98,6 +98,8 @@ impl ResourceStatus {
 pub struct ServiceStatus {
     pub service: String,
     pub node: String,
+    /// sha256 of the config this node runs: peers compare it for `sync`.
+    pub checksum: String,
     pub overall: State,
     pub avail: State,
     pub resources: Vec<ResourceStatus>,
@@ -110,6 +112,7 @@ impl ServiceStatus {
     pub fn new(
         service: &str,
         node: &str,
+        checksum: &str,
         resources: Vec<ResourceStatus>,
         sync_resources: Vec<ResourceStatus>,
     ) -> Self {
@@ -123,6 +126,7 @@ impl ServiceStatus {
         ServiceStatus {
             service: service.to_string(),
             node: node.to_string(),
+            checksum: checksum.to_string(),
             overall,
             avail,
             resources,
@@ -217,7 +221,7 @@ mod tests {
                 ResourceStatus::new("sync#i0", Down, "rsync svc config to drpnodes, nodes")
                     .with_comment("deb2.opensvc.com need update"),
             ];
-        let s = ServiceStatus::new("busybox.opensvc.com", "deb1", res, sync);
+        let s = ServiceStatus::new("busybox.opensvc.com", "deb1", "x", res, sync);
         let expected = "busybox.opensvc.com
 overall                   warn
 |- avail                  warn
@@ -239,6 +243,7 @@ overall                   warn
         let s = ServiceStatus::new(
             "svc",
             "n2",
+            "x",
             vec![ResourceStatus::new("ip#1", Down, "x")],
             vec![ResourceStatus::new("sync#i0", Up, "x")],
         );

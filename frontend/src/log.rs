@@ -20,22 +20,12 @@ pub fn clock() -> String {
 
 pub struct Log {
     service: String,
-    /// Prefix naming the node, when actions run on several.
-    node: Option<String>,
 }
 
 impl Log {
     pub fn new(service: &str) -> Log {
         Log {
             service: service.to_string(),
-            node: None,
-        }
-    }
-
-    pub fn on_node(service: &str, node: &str) -> Log {
-        Log {
-            service: service.to_string(),
-            node: Some(node.to_string()),
         }
     }
 

@@ -6,14 +6,18 @@ mod action;
 mod client;
 mod docker;
 mod error;
+mod lock;
 mod log;
+mod relocate;
+mod remote;
 mod resource;
 mod status;
 mod sync;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ferry_core::config;
@@ -46,6 +50,12 @@ enum Cmd {
         services: Vec<String>,
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// Ask every node of the service, in parallel.
+        #[arg(long)]
+        all_nodes: bool,
+        /// This node only: do not compare configs with the peers.
+        #[arg(long)]
+        local: bool,
     },
     /// Start a service here (all resources, or those named with --rid).
     Start {
@@ -53,13 +63,37 @@ enum Cmd {
         /// Resource ids, e.g. --rid ip#1,fs#1
         #[arg(long, value_delimiter = ',')]
         rid: Vec<String>,
+        #[command(flatten)]
+        lock: LockArgs,
     },
     /// Stop a service here, in the reverse order of start.
     Stop {
         service: String,
         #[arg(long, value_delimiter = ',')]
         rid: Vec<String>,
+        #[command(flatten)]
+        lock: LockArgs,
     },
+    /// Push the service's config to its other nodes (from the node running it).
+    Sync {
+        service: String,
+        /// Push outside the [sync#…] schedule window, or from a node where
+        /// the service is not running.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Move the service to another of its nodes.
+    #[command(alias = "switch")]
+    Relocate {
+        service: String,
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+    /// (for peers) Install a config read from stdin through this node's helper.
+    #[command(hide = true)]
+    ReceiveConfig { service: String },
     /// Print things: `ferry print config SVC`.
     Print {
         #[command(subcommand)]
@@ -77,6 +111,27 @@ enum Cmd {
     },
     /// Ask the helper to re-read the config directory.
     Reload,
+}
+
+#[derive(clap::Args)]
+struct LockArgs {
+    /// Wait up to SECONDS for another action on the service to finish.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    waitlock: u64,
+    /// The caller already holds the service lock (relocate in sudo mode).
+    #[arg(long, hide = true)]
+    lock_held: bool,
+}
+
+impl LockArgs {
+    async fn take(&self, service: &str, node: &str) -> Result<Option<lock::ServiceLock>> {
+        if self.lock_held {
+            return Ok(None);
+        }
+        lock::acquire(service, node, Duration::from_secs(self.waitlock))
+            .await
+            .map(Some)
+    }
 }
 
 #[derive(Subcommand)]
@@ -111,7 +166,7 @@ fn validate(files: &[PathBuf]) -> Result<()> {
     }
 }
 
-async fn status(services: Vec<String>, format: Format) -> Result<()> {
+async fn status(services: Vec<String>, format: Format, all_nodes: bool, local: bool) -> Result<()> {
     let h = Helper::connect().await?;
     let node = h.node_name().await?;
     let names = if services.is_empty() {
@@ -119,10 +174,17 @@ async fn status(services: Vec<String>, format: Format) -> Result<()> {
     } else {
         services
     };
+    if all_nodes {
+        for name in &names {
+            let cfg = h.config(name).await?;
+            print!("{}", status::cluster(&h, &cfg, &node).await?);
+        }
+        return Ok(());
+    }
     let mut all = Vec::new();
     for name in &names {
         let cfg = h.config(name).await?;
-        all.push(status::service_status(&h, &cfg, &node).await?);
+        all.push(status::service_status(&h, &cfg, &node, !local).await?);
     }
     match format {
         Format::Json => {
@@ -142,20 +204,60 @@ async fn status(services: Vec<String>, format: Format) -> Result<()> {
 async fn run(cli: Cli) -> Result<i32> {
     match cli.cmd {
         Cmd::Validate { files } => validate(&files).map(|_| 0),
-        Cmd::Status { services, format } => status(services, format).await.map(|_| 0),
-        Cmd::Start { service, rid } => {
+        Cmd::Status {
+            services,
+            format,
+            all_nodes,
+            local,
+        } => status(services, format, all_nodes, local).await.map(|_| 0),
+        Cmd::Start { service, rid, lock } => {
             let h = Helper::connect().await?;
             let cfg = h.config(&service).await?;
+            let _lock = lock.take(&service, &h.node_name().await?).await?;
             action::start(&h, &cfg, &rid, &Log::new(&service))
                 .await
                 .map(|_| 0)
         }
-        Cmd::Stop { service, rid } => {
+        Cmd::Stop { service, rid, lock } => {
             let h = Helper::connect().await?;
             let cfg = h.config(&service).await?;
+            let _lock = lock.take(&service, &h.node_name().await?).await?;
             action::stop(&h, &cfg, &rid, &Log::new(&service))
                 .await
                 .map(|_| 0)
+        }
+        Cmd::Sync { service, force } => {
+            let h = Helper::connect().await?;
+            let cfg = h.config(&service).await?;
+            let node = h.node_name().await?;
+            sync::push(&h, &cfg, &node, force, &Log::new(&service))
+                .await
+                .map(|_| 0)
+        }
+        Cmd::Relocate { service, to, lock } => {
+            let h = Helper::connect().await?;
+            let cfg = h.config(&service).await?;
+            let node = h.node_name().await?;
+            let _lock = lock.take(&service, &node).await?;
+            relocate::relocate(&h, &cfg, &node, &to, &Log::new(&service))
+                .await
+                .map(|_| 0)
+        }
+        Cmd::ReceiveConfig { service } => {
+            let mut text = String::new();
+            std::io::stdin()
+                .take(1 << 20)
+                .read_to_string(&mut text)
+                .map_err(|e| {
+                    FerryError::Usage(format!("cannot read the config from stdin: {e}"))
+                })?;
+            let h = Helper::connect().await?;
+            let sum = h.manager().await?.install_config(&service, &text).await?;
+            println!(
+                "installed {service}.conf, sha256 {}",
+                &sum[..12.min(sum.len())]
+            );
+            Ok(0)
         }
         Cmd::Print {
             what: PrintWhat::Config { service },

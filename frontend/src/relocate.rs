@@ -1,0 +1,176 @@
+//! `ferry relocate SVC --to NODE`: stop here, check it is down here, start
+//! there; if the start there fails, stop there and start here again.
+
+use std::time::{Duration, Instant};
+
+use ferry_core::config::{RemoteMode, ServiceConfig};
+use ferry_core::status::State;
+
+use crate::action;
+use crate::client::Helper;
+use crate::error::{FerryError, Result};
+use crate::log::Log;
+use crate::remote::{remote_error, Peers, FERRY_PATH};
+
+/// Start or stop the service on this node: in-process through the helper
+/// (polkit decides), or through `sudo -n ferry` in sudo mode. The caller
+/// already holds the service lock.
+pub async fn local(
+    h: &Helper,
+    peers: &Peers,
+    cfg: &ServiceConfig,
+    here: &str,
+    verb: &str,
+    log: &Log,
+) -> Result<()> {
+    if peers.mode(here) == RemoteMode::Sudo {
+        let status = tokio::process::Command::new("sudo")
+            .args(["-n", FERRY_PATH, verb, &cfg.name, "--lock-held"])
+            .status()
+            .await
+            .map_err(|e| FerryError::Failed(format!("cannot run sudo: {e}")))?;
+        return match status.code() {
+            Some(0) => Ok(()),
+            Some(c) => Err(remote_error(here, verb, c)),
+            None => Err(FerryError::Failed(format!("sudo ferry {verb} was killed"))),
+        };
+    }
+    match verb {
+        "start" => action::start(h, cfg, &[], log).await,
+        _ => action::stop(h, cfg, &[], log).await,
+    }
+}
+
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+pub async fn relocate(
+    h: &Helper,
+    cfg: &ServiceConfig,
+    here: &str,
+    to: &str,
+    log: &Log,
+) -> Result<()> {
+    if !cfg.nodes.iter().any(|n| n == to) {
+        return Err(FerryError::Usage(format!(
+            "{to} is not one of the nodes of '{}' ({})",
+            cfg.name,
+            cfg.nodes.join(" ")
+        )));
+    }
+    if to == here {
+        return Err(FerryError::Usage(format!("this node is {to} already")));
+    }
+    let peers = Peers::new()?;
+
+    // The target must answer, run the same config, and not run the service.
+    let t_check = Instant::now();
+    let target = peers.status(to, &cfg.name).await.map_err(|e| match e {
+        FerryError::Usage(m) => FerryError::Failed(format!(
+            "{to} has no valid config for '{}' ({m}): run `ferry sync {} --force` first",
+            cfg.name, cfg.name
+        )),
+        other => other,
+    })?;
+    if target.checksum != cfg.checksum() {
+        return Err(FerryError::Failed(format!(
+            "{to} runs another config of '{}': run `ferry sync {}` first",
+            cfg.name, cfg.name
+        )));
+    }
+    if target.avail != State::Down {
+        return Err(FerryError::Failed(format!(
+            "'{}' is {} on {to}, not down: refusing to relocate onto it",
+            cfg.name, target.avail
+        )));
+    }
+    log.info(
+        None,
+        &format!(
+            "{to} answers, same config, service down there ({} ms)",
+            ms(t_check.elapsed())
+        ),
+    );
+
+    let t0 = Instant::now();
+    log.info(None, &format!("stop on {here}"));
+    if let Err(e) = local(h, &peers, cfg, here, "stop", log).await {
+        log.error(
+            None,
+            &format!("stop on {here} failed: {e}; starting it here again"),
+        );
+        local(h, &peers, cfg, here, "start", log).await.ok();
+        return Err(e);
+    }
+    let t_stop = t0.elapsed();
+
+    let t1 = Instant::now();
+    let st = crate::status::service_status(h, cfg, here, false).await?;
+    if st.avail != State::Down {
+        log.error(
+            None,
+            &format!(
+                "'{}' is {} on {here} after stop; starting it here again",
+                cfg.name, st.avail
+            ),
+        );
+        local(h, &peers, cfg, here, "start", log).await.ok();
+        return Err(FerryError::Failed(format!(
+            "'{}' did not go down on {here}",
+            cfg.name
+        )));
+    }
+    let t_down = t1.elapsed();
+    log.info(None, &format!("down on {here} ({} ms)", ms(t_down)));
+
+    let t2 = Instant::now();
+    log.info(None, &format!("start on {to}"));
+    let started = peers.stream(to, true, &["start", &cfg.name]).await;
+    let t_start = t2.elapsed();
+    if let Err(e) = started.and_then(|code| {
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(remote_error(to, "start", code))
+        }
+    }) {
+        log.error(
+            None,
+            &format!("start on {to} failed: {e}; stopping there and starting here again"),
+        );
+        match peers.stream(to, true, &["stop", &cfg.name]).await {
+            Ok(0) => {}
+            Ok(c) => log.error(
+                None,
+                &format!("stop on {to} failed (exit {c}): check it by hand"),
+            ),
+            Err(e2) => log.error(
+                None,
+                &format!("stop on {to} failed: {e2}: check it by hand"),
+            ),
+        }
+        return match local(h, &peers, cfg, here, "start", log).await {
+            Ok(()) => Err(FerryError::Failed(format!(
+                "relocation of '{}' to {to} failed ({e}); it runs on {here} again",
+                cfg.name
+            ))),
+            Err(e3) => Err(FerryError::Failed(format!(
+                "relocation of '{}' to {to} failed ({e}), and starting it again on {here} failed too ({e3})",
+                cfg.name
+            ))),
+        };
+    }
+    let downtime = t0.elapsed();
+    log.info(
+        None,
+        &format!(
+            "relocated to {to}: stop {} ms, check down {} ms, start {} ms; downtime {} ms",
+            ms(t_stop),
+            ms(t_down),
+            ms(t_start),
+            ms(downtime)
+        ),
+    );
+    Ok(())
+}

@@ -1,0 +1,81 @@
+# Helpers for the lab integration tests. Each test is a function run in a
+# subshell with `set -e`; an assertion that fails prints what it saw.
+
+LAB=${LAB:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../lab" && pwd)/lab}
+SVC=busybox
+VIP=203.0.113.25
+
+# on NODE [--user U] -- CMD…   (output on stdout, status preserved)
+on() { "$LAB" exec "$@"; }
+# as USER NODE CMD…
+as() { local u=$1 n=$2; shift 2; "$LAB" exec "$n" --user "$u" -- "$@"; }
+root_on() { local n=$1; shift; "$LAB" exec "$n" -- "$@"; }
+
+fail() { echo "ASSERTION FAILED: $*" >&2; exit 1; }
+
+# expect_code N CMD… : run, keep its output in $OUT, require exit status N
+expect_code() {
+  local want=$1; shift
+  set +e
+  OUT=$("$@" 2>&1)
+  local got=$?
+  set -e
+  printf '%s\n' "$OUT"
+  [ "$got" = "$want" ] || fail "exit $got (wanted $want): $*"
+}
+expect_ok() { expect_code 0 "$@"; }
+
+# contains NEEDLE [TEXT] (TEXT defaults to $OUT)
+contains() {
+  local needle=$1 text=${2-$OUT}
+  grep -qF -- "$needle" <<<"$text" || fail "expected '$needle' in:
+$text"
+}
+lacks() {
+  local needle=$1 text=${2-$OUT}
+  ! grep -qF -- "$needle" <<<"$text" || fail "did not expect '$needle' in:
+$text"
+}
+# matches REGEX [TEXT]
+matches() {
+  local re=$1 text=${2-$OUT}
+  grep -qE -- "$re" <<<"$text" || fail "expected /$re/ in:
+$text"
+}
+
+# The status line of one resource: "up", "down", …
+res_state() { # NODE RID
+  as op "$1" ferry status "$SVC" | awk -v rid="$2" '$0 ~ "- "rid" " {print $4; exit}'
+}
+container_id() { # NODE → 12-char id of the running container, or empty
+  as op "$1" ferry status "$SVC" | sed -n 's/.*container#1 *\.\.\.\. up *\([0-9a-f]\{12\}\)@.*/\1/p'
+}
+
+# What a node really has, asked as root, not through ferry.
+node_has_vip() { root_on "$1" ip -4 -br addr show dev lab0 | grep -qF "$VIP/"; }
+node_has_mount() { root_on "$1" findmnt -n /srv/busybox >/dev/null 2>&1; }
+node_runs_dockerd() { root_on "$1" pgrep -f "dockerd.*/var/lib/ferry/$SVC/" >/dev/null 2>&1; }
+node_is_clean() { # NODE: nothing of the service is left on it
+  ! node_has_vip "$1" || fail "$1 still has $VIP"
+  ! node_has_mount "$1" || fail "$1 still has /srv/busybox mounted"
+  ! node_runs_dockerd "$1" || fail "$1 still runs the service's dockerd"
+}
+
+PASSED=0
+FAILED=0
+FAILED_NAMES=()
+run_test() { # NAME FUNCTION
+  local name=$1 fn=$2 log
+  log=$(mktemp)
+  local t0=$(date +%s%N)
+  if ( set -e; "$fn" ) >"$log" 2>&1; then
+    PASSED=$((PASSED + 1))
+    printf 'test %-60s ok (%d ms)\n' "$name" $((($(date +%s%N) - t0) / 1000000))
+  else
+    FAILED=$((FAILED + 1))
+    FAILED_NAMES+=("$name")
+    printf 'test %-60s FAILED\n' "$name"
+    sed 's/^/    | /' "$log" | tail -60
+  fi
+  rm -f "$log"
+}
