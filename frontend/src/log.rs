@@ -39,12 +39,7 @@ impl Log {
     }
 
     pub fn line(&self, level: &str, rid: Option<&str>, msg: &str) {
-        let node = self
-            .node
-            .as_deref()
-            .map(|n| format!("{n}: "))
-            .unwrap_or_default();
-        println!("{node}{} {level:<7} {:<27} {msg}", clock(), self.who(rid));
+        println!("{} {level:<7} {:<27} {msg}", clock(), self.who(rid));
     }
 
     pub fn info(&self, rid: Option<&str>, msg: &str) {
