@@ -31,6 +31,8 @@ pub fn command(program: &str, args: &[&str]) -> Command {
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("LC_ALL", "C")
+        // LVM warns about every inherited descriptor; ours are CLOEXEC anyway.
+        .env("LVM_SUPPRESS_FD_WARNINGS", "1")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     c
