@@ -1,0 +1,205 @@
+# The tutorial end to end on TWO nodes (plus a third for the "does not
+# answer" case), as `op`: add node2, see sync down, push, relocate there and
+# back; then the failures an operator must be protected from.
+
+"$LAB" up 3 || { echo "lab up failed"; FAILED=$((FAILED + 1)); return 0; }
+
+CONF=/etc/ferry/services/busybox.conf
+
+# A schedule window that does not contain the current time, whatever the
+# hour CI runs at: two to three hours from now.
+outside_window() {
+  local h=$(( (10#$(date +%H) + 2) % 24 ))
+  printf '%02d:00-%02d:59' "$h" "$(( (h + 1) % 24 ))"
+}
+
+t_start_on_node1_alone() {
+  root_on node1 sed -i "s/^schedule = .*/schedule = $(outside_window)/" $CONF
+  expect_ok as op node1 ferry reload
+  expect_ok as op node1 ferry start busybox
+  expect_ok as op node1 ferry status busybox
+  contains "overall                   up"
+  contains "|- sync                   n/a"
+}
+
+t_add_node2_sync_down() {
+  root_on node1 sed -i 's/^nodes = node1$/nodes = node1 node2/' $CONF
+  expect_ok as op node1 ferry reload
+  expect_ok as op node1 ferry status busybox
+  contains "overall                   warn"
+  contains "|- avail                  up"
+  contains "|- sync                   down"
+  matches "\|  '- sync#i0 +\.\.\.\. down +sync svc config to nodes"
+  contains "# node2 need update"
+}
+
+t_sync_outside_window_is_skipped() {
+  expect_ok as op node1 ferry sync busybox
+  contains "skip sync: not in allowed period (['"
+  expect_ok as op node1 ferry status busybox
+  contains "# node2 need update"
+}
+
+t_sync_force_pushes() {
+  expect_ok as op node1 ferry sync busybox --force
+  contains "exec 'ferry receive-config busybox' on node node2"
+  [ "$(root_on node1 sha256sum $CONF | cut -d' ' -f1)" = "$(root_on node2 sha256sum $CONF | cut -d' ' -f1)" ] \
+    || fail "node2's config differs after the push"
+  expect_ok as op node1 ferry status busybox
+  contains "overall                   up"
+  contains "|- sync                   up"
+  lacks "need update"
+  expect_ok as op node2 ferry status busybox
+  contains "overall                   down"
+  contains "|- sync                   up"
+  contains "# docker daemon is not running"
+  # the config went through node2's helper: root-owned, 0644
+  [ "$(root_on node2 stat -c '%U %a' $CONF)" = "root 644" ] || fail "installed config owner/mode"
+}
+
+t_guest_cannot_push_config() {
+  expect_code 3 as svcop node1 sh -c 'echo "[DEFAULT]" | ferry receive-config evil'
+  contains "io.ferry.config.install"
+  root_on node1 test ! -e /etc/ferry/services/evil.conf || fail "evil.conf was installed"
+  # a broken config is refused before it replaces anything
+  expect_code 1 as op node2 sh -c 'printf "[DEFAULT]\nnodes = node1 node2\nbogus = 1\n" | ferry receive-config busybox'
+  contains "bogus: unknown key"
+  expect_ok as op node2 ferry status busybox --local
+}
+
+t_start_on_passive_node_is_refused() {
+  expect_code 1 as op node2 ferry start busybox
+  contains "203.0.113.25 is in use on the wire"
+  ! node_has_mount node2 || fail "node2 mounted the shared fs"
+  ! node_runs_dockerd node2 || fail "node2 started dockerd"
+  ! node_has_vip node2 || fail "node2 kept the address"
+  root_on node1 vgs --noheadings -o vg_tags vgbusybox | grep -q node1 || fail "node1 lost its vg tag"
+  expect_ok as op node1 ferry status busybox --local
+  contains "overall                   up"
+}
+
+t_cluster_status() {
+  expect_ok as op node1 ferry status busybox --all-nodes
+  matches '^node1 +up +container#1 [0-9a-f]{12}@local/busybox:date'
+  matches '^node2 +down '
+}
+
+ID=""
+SUM=""
+t_relocate_to_node2() {
+  ID=$(container_id node1)
+  [ -n "$ID" ] || fail "no container id on node1"
+  root_on node1 sh -c 'head -c 1048576 /dev/urandom > /srv/busybox/payload'
+  SUM=$(root_on node1 sha256sum /srv/busybox/payload | cut -d' ' -f1)
+  expect_ok as op node1 ferry relocate busybox --to node2
+  contains "stop on node1"
+  contains "start on node2"
+  matches 'relocated to node2: stop [0-9]+ ms, check down [0-9]+ ms, start [0-9]+ ms; downtime [0-9]+ ms'
+  node_is_clean node1
+  [ "$(container_id node2)" = "$ID" ] || fail "container id on node2 is '$(container_id node2)', was '$ID'"
+  expect_ok as op node2 ferry status busybox
+  contains "overall                   up"
+  contains "|- sync                   up"
+  expect_ok as op node1 ferry status busybox
+  contains "overall                   down"
+  [ "$(root_on node2 sha256sum /srv/busybox/payload | cut -d' ' -f1)" = "$SUM" ] || fail "data changed in the move"
+  sleep 1.5
+  local last
+  last=$(as op node2 ferry docker busybox -- logs --tail 1 busybox.container.1)
+  matches '[0-9]{2}:[0-9]{2}:[0-9]{2}' "$last"
+  # dates keep coming on node2
+  local t1 t2
+  t1=$(as op node2 ferry docker busybox -- logs busybox.container.1 | wc -l)
+  sleep 2.2
+  t2=$(as op node2 ferry docker busybox -- logs busybox.container.1 | wc -l)
+  [ "$t2" -gt "$t1" ] || fail "no new dates on node2 ($t1 → $t2 lines)"
+}
+
+t_relocate_back() {
+  expect_ok as op node2 ferry switch busybox --to node1
+  [ "$(container_id node1)" = "$ID" ] || fail "container id changed on the way back"
+  node_is_clean node2
+}
+
+t_relocate_refuses_unknown_and_unreachable_targets() {
+  expect_code 2 as op node1 ferry relocate busybox --to node9
+  contains "node9 is not one of the nodes of 'busybox' (node1 node2)"
+  "$LAB" stop-helper node2
+  expect_code 4 as op node1 ferry relocate busybox --to node2
+  contains "node2"
+  contains "ferry-helper is not running"
+  "$LAB" restart-helper node2
+  expect_ok as op node1 ferry status busybox --local
+  contains "overall                   up"
+}
+
+t_relocate_falls_back_when_target_start_fails() {
+  # node2 has something else mounted on the service's mountpoint: its start fails
+  root_on node2 sh -c 'mkdir -p /srv/busybox && mount -t tmpfs stale /srv/busybox'
+  expect_code 1 as op node1 ferry relocate busybox --to node2
+  contains "start on node2 failed"
+  contains "stopping there and starting here again"
+  contains "it runs on node1 again"
+  expect_ok as op node1 ferry status busybox --local
+  contains "overall                   up"
+  [ "$(container_id node1)" = "$ID" ] || fail "container id changed"
+  ! node_has_vip node2 || fail "node2 kept the address"
+  root_on node2 umount /srv/busybox
+}
+
+t_lock_serializes_actions() {
+  as op node1 sh -c 'flock /run/ferry/locks/busybox.lock sleep 3' &
+  local holder=$!
+  sleep 0.5
+  expect_code 1 as op node1 ferry stop busybox
+  contains "another ferry action holds the lock of service 'busybox' on node1"
+  expect_ok as op node1 ferry start busybox --waitlock 10
+  wait $holder
+}
+
+t_unreachable_node_is_bounded() {
+  root_on node1 sh -c 'printf "[node]\nssh_connect_timeout = 2\n" > /etc/ferry/ferry.conf'
+  root_on node2 ip link set lab0 down
+  local t0=$(date +%s)
+  expect_ok as op node1 ferry status busybox --all-nodes
+  matches '^node2 +\? +node2 did not answer'
+  [ $(( $(date +%s) - t0 )) -le 8 ] || fail "status took $(( $(date +%s) - t0 )) s with node2 down"
+  root_on node2 ip link set lab0 up
+  root_on node1 rm -f /etc/ferry/ferry.conf
+}
+
+t_sudo_mode_relocation() {
+  for n in node1 node2; do
+    root_on $n sh -c 'groupadd -g 2003 ferry-sudo && usermod -aG ferry-sudo sudoop'
+    root_on $n install -m 0440 /dev/stdin /etc/sudoers.d/ferry < "$REPO/sudo/ferry"
+    root_on $n sh -c 'printf "[node]\nremote = sudo\n" > /etc/ferry/ferry.conf'
+  done
+  # polkit alone refuses sudoop …
+  expect_code 3 as sudoop node1 ferry stop busybox
+  # … and sudo grants exactly start and stop
+  expect_code 1 as sudoop node1 sudo -n /usr/local/bin/ferry reload
+  expect_ok as sudoop node1 ferry relocate busybox --to node2
+  matches 'downtime [0-9]+ ms'
+  [ "$(container_id node2)" = "$ID" ] || fail "container id changed"
+  expect_ok as sudoop node2 ferry relocate busybox --to node1
+  [ "$(container_id node1)" = "$ID" ] || fail "container id changed"
+  for n in node1 node2; do root_on $n rm -f /etc/ferry/ferry.conf /etc/sudoers.d/ferry; done
+}
+
+REPO=$(cd "$HERE/../.." && pwd)
+run_test "two-nodes: start on node1 alone"                      t_start_on_node1_alone
+run_test "two-nodes: add node2, sync down"                      t_add_node2_sync_down
+run_test "two-nodes: sync outside the window is skipped"        t_sync_outside_window_is_skipped
+run_test "two-nodes: sync --force pushes the config"            t_sync_force_pushes
+run_test "two-nodes: config install is guarded and validated"   t_guest_cannot_push_config
+run_test "two-nodes: start on the passive node is refused"      t_start_on_passive_node_is_refused
+run_test "two-nodes: status --all-nodes"                        t_cluster_status
+run_test "two-nodes: relocate to node2"                         t_relocate_to_node2
+run_test "two-nodes: relocate back (switch)"                    t_relocate_back
+run_test "two-nodes: relocate refuses bad targets"              t_relocate_refuses_unknown_and_unreachable_targets
+run_test "two-nodes: failed start on target falls back"         t_relocate_falls_back_when_target_start_fails
+run_test "two-nodes: one lock per service"                      t_lock_serializes_actions
+run_test "two-nodes: an unreachable node is bounded"            t_unreachable_node_is_bounded
+run_test "two-nodes: sudo mode relocation"                      t_sudo_mode_relocation
+
+"$LAB" down >/dev/null 2>&1 || true
