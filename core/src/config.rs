@@ -870,7 +870,7 @@ pub fn parse_service(file: &str, text: &str) -> Result<ServiceConfig, ConfigErro
         return Err(ConfigErrors(ck.errors));
     }
 
-    resources.sort_by(|a, b| start_key(a).cmp(&start_key(b)));
+    resources.sort_by_key(start_key);
     Ok(ServiceConfig {
         name: name.unwrap_or_default(),
         nodes,

@@ -40,7 +40,7 @@ fn quote(arg: &str) -> String {
 fn control_dir() -> std::path::PathBuf {
     let base = std::env::var_os("HOME")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir());
+        .unwrap_or_else(std::env::temp_dir);
     let dir = base.join(".ssh");
     if !dir.exists() {
         let _ = std::fs::create_dir_all(&dir);

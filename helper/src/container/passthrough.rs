@@ -1,20 +1,211 @@
-//! `docker` subcommands run for a caller. (to be written)
+//! `ferry docker SVC -- ARGS…`: an allowed docker subcommand run against the
+//! service's daemon, with the caller's stdin/stdout/stderr.
+//!
+//! mod.rs checked the subcommand against the allow-list. The CLI still runs
+//! as root with the helper's view of the filesystem, so options that make
+//! the CLI itself read or write a file by path (`load -i`, `save -o`,
+//! `import FILE`) are refused here: the caller redirects its own stdin and
+//! stdout instead, with its own rights. The CLI gets a clean environment and
+//! an empty node-local DOCKER_CONFIG: no user's config, context or credential
+//! helper is ever read.
 
 use std::os::fd::OwnedFd;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
 
 use ferry_core::config::ServiceConfig;
+use tracing::info;
 
+use super::daemon;
 use crate::error::{HelperError, Result};
+
+/// `docker image …` subcommands that act on the daemon only. `image build`
+/// would read a build context by path as root, `image push` would talk to a
+/// registry.
+const IMAGE_SUBCOMMANDS: &[&str] = &[
+    "ls", "list", "inspect", "history", "pull", "load", "import", "rm", "remove", "prune", "tag",
+    "save",
+];
+
+/// Options of `docker import` that take a value (so the value is not the
+/// source argument).
+const IMPORT_VALUE_OPTIONS: &[&str] = &["-c", "--change", "-m", "--message", "--platform"];
+
+fn refused(what: &str) -> HelperError {
+    HelperError::InvalidArgument(format!(
+        "{what}: the docker CLI runs as root on the node, so through ferry it may not open files \
+         by path: redirect stdin/stdout instead (e.g. `ferry docker SVC -- load < image.tar`)"
+    ))
+}
+
+/// Refuse the option `-<short>` (also inside a cluster like `-qi` or with
+/// an attached value like `-ofile`) and `--<long>[=…]`.
+fn refuse_option(args: &[String], short: char, long: &str) -> Result<()> {
+    for a in args.iter().take_while(|a| a.as_str() != "--") {
+        let is_long = a == long || a.starts_with(&format!("{long}="));
+        let in_cluster = a.len() > 1
+            && !a.starts_with("--")
+            && a.strip_prefix('-').is_some_and(|c| c.contains(short));
+        if is_long || in_cluster {
+            return Err(refused(&format!("'{a}'")));
+        }
+    }
+    Ok(())
+}
+
+/// What the allow-list of mod.rs cannot see: arguments that would make the
+/// root CLI read or write a file by path, and `image` subcommands beyond
+/// the daemon's own business.
+pub fn check_file_access(args: &[String]) -> Result<()> {
+    let Some((sub, rest)) = args.split_first() else {
+        return Ok(());
+    };
+    let (sub, rest) = match (sub.as_str(), rest.split_first()) {
+        ("image", Some((sub2, rest2))) if IMAGE_SUBCOMMANDS.contains(&sub2.as_str()) => {
+            (sub2.as_str(), rest2)
+        }
+        ("image", Some((sub2, _))) if !sub2.starts_with('-') => {
+            return Err(HelperError::InvalidArgument(format!(
+                "docker image {sub2} is not allowed through ferry (allowed: {})",
+                IMAGE_SUBCOMMANDS.join(", ")
+            )))
+        }
+        (s, _) => (s, rest),
+    };
+    match sub {
+        "load" => refuse_option(rest, 'i', "--input"),
+        "save" => refuse_option(rest, 'o', "--output"),
+        "import" => {
+            let mut it = rest.iter();
+            let mut source = None;
+            while let Some(a) = it.next() {
+                if a == "--" {
+                    source = it.next();
+                    break;
+                }
+                if IMPORT_VALUE_OPTIONS.contains(&a.as_str()) {
+                    it.next();
+                    continue;
+                }
+                if a.starts_with('-') && a != "-" {
+                    continue;
+                }
+                source = Some(a);
+                break;
+            }
+            if source.map(String::as_str) == Some("-") {
+                Ok(())
+            } else {
+                Err(refused(
+                    "docker import reads only from stdin (`import - NAME < rootfs.tar`)",
+                ))
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `docker -H unix://<sock> ARGS…`, as the log shows it.
+pub fn docker_argv(host: &str, args: &[String]) -> Vec<String> {
+    let mut v = vec!["-H".to_string(), host.to_string()];
+    v.extend(args.iter().cloned());
+    v
+}
 
 pub async fn run(
     svc: &ServiceConfig,
-    _args: &[String],
-    _stdin: OwnedFd,
-    _stdout: OwnedFd,
-    _stderr: OwnedFd,
+    args: &[String],
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
 ) -> Result<i32> {
-    Err(HelperError::failed(format!(
-        "{}: docker passthrough not implemented",
-        svc.name
-    )))
+    check_file_access(args)?;
+    if !daemon::is_running(svc).await {
+        return Err(daemon::not_running(svc));
+    }
+    let paths = daemon::prepare_state_dir(svc)?;
+    let argv = docker_argv(&daemon::docker_host(svc), args);
+    info!(target: "exec", service = %svc.name, "docker {}", argv.join(" "));
+    let mut cmd = tokio::process::Command::new("docker");
+    cmd.args(&argv)
+        .env_clear()
+        .env("PATH", daemon::PATH_ENV)
+        .env("HOME", "/nonexistent")
+        .env("DOCKER_CONFIG", &paths.docker_config)
+        .env("DOCKER_CLI_HINTS", "false")
+        .current_dir("/")
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr))
+        // A dropped call (helper shutting down) must not leave the CLI behind.
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| HelperError::failed(format!("cannot run docker: {e}")))?;
+    // The Command holds our copies of the caller's descriptors: drop them so
+    // the caller sees EOF as soon as docker exits.
+    drop(cmd);
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| HelperError::failed(format!("docker: {e}")))?;
+    Ok(status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn file_options_are_refused() {
+        assert!(check_file_access(&v(&["ps", "-a"])).is_ok());
+        assert!(check_file_access(&v(&["load"])).is_ok());
+        assert!(check_file_access(&v(&["logs", "--tail", "5", "busybox.container.1"])).is_ok());
+        assert!(check_file_access(&v(&["load", "-i", "/etc/shadow"])).is_err());
+        assert!(check_file_access(&v(&["load", "--input=/etc/shadow"])).is_err());
+        assert!(check_file_access(&v(&["image", "save", "-o", "/etc/x", "img"])).is_err());
+        assert!(check_file_access(&v(&["image", "save", "-o/etc/x", "img"])).is_err());
+        assert!(check_file_access(&v(&["image", "save", "img"])).is_ok());
+        assert!(check_file_access(&v(&["load", "-qi", "/etc/shadow"])).is_err());
+        assert!(check_file_access(&v(&["image", "load", "-q"])).is_ok());
+        assert!(check_file_access(&v(&["attach", "--no-stdin", "x"])).is_ok());
+        // Only save and load have these options: top's ps options pass.
+        assert!(check_file_access(&v(&["top", "x", "-o", "pid"])).is_ok());
+        assert!(check_file_access(&v(&["image", "build", "/"])).is_err());
+        assert!(check_file_access(&v(&["image", "push", "x"])).is_err());
+        assert!(check_file_access(&v(&["image", "ls"])).is_ok());
+        assert!(check_file_access(&v(&["image", "--help"])).is_ok());
+    }
+
+    #[test]
+    fn import_reads_stdin_only() {
+        let ok = v(&[
+            "import",
+            "--change",
+            "CMD [\"/bin/sh\"]",
+            "-",
+            "local/busybox:date",
+        ]);
+        assert!(check_file_access(&ok).is_ok());
+        assert!(check_file_access(&v(&["image", "import", "-m", "x", "-", "n"])).is_ok());
+        assert!(check_file_access(&v(&["import", "/etc/shadow", "n"])).is_err());
+        assert!(check_file_access(&v(&["import", "http://203.0.113.9/x.tar"])).is_err());
+        assert!(check_file_access(&v(&["import"])).is_err());
+        assert!(check_file_access(&v(&["image", "import", "/root/x.tar"])).is_err());
+    }
+
+    #[test]
+    fn argv() {
+        assert_eq!(
+            docker_argv("unix:///var/lib/ferry/b/docker.sock", &v(&["ps", "-a"])),
+            v(&["-H", "unix:///var/lib/ferry/b/docker.sock", "ps", "-a"])
+        );
+    }
 }
