@@ -51,20 +51,27 @@ pub type Result<T> = std::result::Result<T, FerryError>;
 
 impl From<zbus::Error> for FerryError {
     fn from(e: zbus::Error) -> Self {
+        // Errors of the bus itself (no owner, policy) come as fdo errors.
+        if let zbus::Error::FDO(fdo) = &e {
+            return match fdo.as_ref() {
+                zbus::fdo::Error::ServiceUnknown(m) | zbus::fdo::Error::NameHasNoOwner(m) => {
+                    FerryError::HelperDown(format!(
+                        "ferry-helper is not running on this node (nobody owns io.ferry.Helper1 on the \
+                         system bus): start it (systemctl start ferry-helper) — {m}"
+                    ))
+                }
+                zbus::fdo::Error::AccessDenied(m) => FerryError::NotAuthorized(format!(
+                    "the system bus refused the call (is dbus-policy/io.ferry.Helper1.conf installed?): {m}"
+                )),
+                other => FerryError::Failed(other.to_string()),
+            };
+        }
         if let zbus::Error::MethodError(name, msg, _) = &e {
             let msg = msg.clone().unwrap_or_default();
             return match name.as_str() {
                 errors::NOT_AUTHORIZED => FerryError::NotAuthorized(msg),
                 errors::UNKNOWN_SERVICE => FerryError::Usage(msg),
                 errors::INVALID_ARGUMENT => FerryError::Usage(msg),
-                "org.freedesktop.DBus.Error.ServiceUnknown"
-                | "org.freedesktop.DBus.Error.NameHasNoOwner" => FerryError::HelperDown(format!(
-                    "ferry-helper is not running on this node (nobody owns io.ferry.Helper1 on the system bus): \
-                     start it (systemctl start ferry-helper) — {msg}"
-                )),
-                "org.freedesktop.DBus.Error.AccessDenied" => FerryError::NotAuthorized(format!(
-                    "the system bus refused the call (is dbus-policy/io.ferry.Helper1.conf installed?): {msg}"
-                )),
                 _ => {
                     let short = name.as_str().rsplit('.').next().unwrap_or(name.as_str());
                     FerryError::Failed(format!("{short}: {msg}"))
