@@ -203,7 +203,9 @@ impl Peers {
                 false,
                 &["status", service, "--local", "--format", "json"],
                 None,
-                Duration::from_secs(u64::from(self.conf.ssh_connect_timeout) + 10),
+                // A status answers in milliseconds: past the connect timeout
+                // and a little, the peer is as good as down.
+                Duration::from_secs(u64::from(self.conf.ssh_connect_timeout) + 2),
             )
             .await?;
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -54,7 +54,14 @@ container_id() { # NODE → 12-char id of the running container, or empty
 # What a node really has, asked as root, not through ferry.
 node_has_vip() { root_on "$1" ip -4 -br addr show dev lab0 | grep -qF "$VIP/"; }
 node_has_mount() { root_on "$1" findmnt -n /srv/busybox >/dev/null 2>&1; }
-node_runs_dockerd() { root_on "$1" pgrep -f "dockerd.*/var/lib/ferry/$SVC/" >/dev/null 2>&1; }
+# The nodes share one pid namespace: count only processes in the node's own
+# mount namespace.
+node_runs_dockerd() { # NODE [SVC]
+  root_on "$1" sh -c 'me=$(readlink /proc/self/ns/mnt)
+    for p in $(pgrep -f "dockerd.*/var/lib/ferry/$0/"); do
+      [ "$(readlink /proc/$p/ns/mnt 2>/dev/null)" = "$me" ] && exit 0
+    done; exit 1' "${2:-$SVC}"
+}
 node_is_clean() { # NODE: nothing of the service is left on it
   ! node_has_vip "$1" || fail "$1 still has $VIP"
   ! node_has_mount "$1" || fail "$1 still has /srv/busybox mounted"

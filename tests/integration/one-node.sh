@@ -139,7 +139,7 @@ t_failed_start_leaves_nothing_behind() {
   contains "rolling back"
   root_on node1 ip -4 -br addr show dev lab0 | grep -qF "$VIP/" && fail "address left up"
   node_has_mount node1 && fail "fs left mounted"
-  root_on node1 pgrep -f "dockerd.*/var/lib/ferry/badimg/" && fail "dockerd left running"
+  node_runs_dockerd node1 badimg && fail "dockerd left running"
   root_on node1 vgs --noheadings -o vg_tags vgbusybox | grep -q node1 && fail "vg left tagged"
   root_on node1 rm -f /etc/ferry/services/badimg.conf
   expect_ok as op node1 ferry reload
