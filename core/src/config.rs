@@ -19,7 +19,7 @@ pub const DEFAULT_SERVICES_DIR: &str = "/etc/ferry/services";
 pub const DEFAULT_NODE_CONFIG: &str = "/etc/ferry/ferry.conf";
 
 /// Default window of the free-address ARP probe, in milliseconds.
-pub const DEFAULT_PROBE_MS: u32 = 300;
+pub const DEFAULT_PROBE_MS: u32 = 200;
 /// Default time a container gets to stop on SIGTERM before it is killed.
 pub const DEFAULT_STOP_TIMEOUT_S: u32 = 10;
 
