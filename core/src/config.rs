@@ -140,6 +140,31 @@ impl Kind {
     }
 }
 
+/// One kind's settings, taken out of a [`ResourceConfig`]: lets code that
+/// serves one kind ask for its own settings without matching every kind.
+pub trait KindConfig: Sized {
+    const KIND: Kind;
+    fn from_resource(c: ResourceConfig) -> Option<Self>;
+}
+
+macro_rules! kind_config {
+    ($t:ty, $variant:ident) => {
+        impl KindConfig for $t {
+            const KIND: Kind = Kind::$variant;
+            fn from_resource(c: ResourceConfig) -> Option<Self> {
+                match c {
+                    ResourceConfig::$variant(x) => Some(x),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+kind_config!(IpConfig, Ip);
+kind_config!(VgConfig, Vg);
+kind_config!(FsConfig, Fs);
+kind_config!(ContainerConfig, Container);
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resource {
     pub rid: String,

@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
-use ferry_core::config::{FsConfig, ResourceConfig};
+use ferry_core::config::FsConfig;
 use ferry_core::status::{ResourceStatus, State};
 use nix::mount::{umount2, MntFlags};
 use zbus::message::Header;
@@ -121,13 +121,7 @@ pub async fn status(rid: &str, c: &FsConfig) -> ResourceStatus {
 }
 
 fn config(ctx: &ResCtx) -> Result<FsConfig> {
-    match ctx.resource()?.1.config {
-        ResourceConfig::Fs(c) => Ok(c),
-        _ => Err(HelperError::failed(format!(
-            "{} is not a fs resource",
-            ctx.rid
-        ))),
-    }
+    ctx.config().map(|(_, c)| c)
 }
 
 async fn mount(c: &FsConfig) -> Result<Vec<String>> {

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
 use std::time::Duration;
 
-use ferry_core::config::{IpConfig, ResourceConfig};
+use ferry_core::config::IpConfig;
 use ferry_core::status::{ResourceStatus, State};
 use nix::ifaddrs::getifaddrs;
 use zbus::message::Header;
@@ -109,13 +109,7 @@ pub async fn status(rid: &str, c: &IpConfig) -> ResourceStatus {
 }
 
 fn config(ctx: &ResCtx) -> Result<IpConfig> {
-    match ctx.resource()?.1.config {
-        ResourceConfig::Ip(c) => Ok(c),
-        _ => Err(HelperError::failed(format!(
-            "{} is not an ip resource",
-            ctx.rid
-        ))),
-    }
+    ctx.config().map(|(_, c)| c)
 }
 
 fn require_device(ctx: &ResCtx, c: &IpConfig) -> Result<()> {

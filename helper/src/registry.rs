@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex, RwLock};
 
-use ferry_core::config::{self, Kind, Resource, ServiceConfig};
+use ferry_core::config::{self, Kind, KindConfig, Resource, ServiceConfig};
 use ferry_core::dbus::{resource_path, service_path};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tracing::{error, info};
@@ -42,6 +42,19 @@ pub struct ResCtx {
 impl ResCtx {
     pub fn service_config(&self) -> Result<Arc<ServiceConfig>> {
         self.reg.service(&self.service)
+    }
+
+    /// The service's config and this resource's own settings.
+    pub fn config<T: KindConfig>(&self) -> Result<(Arc<ServiceConfig>, T)> {
+        let (svc, res) = self.resource()?;
+        let c = T::from_resource(res.config).ok_or_else(|| {
+            HelperError::failed(format!(
+                "{} is not a {} resource",
+                self.rid,
+                T::KIND.as_str()
+            ))
+        })?;
+        Ok((svc, c))
     }
 
     pub fn resource(&self) -> Result<(Arc<ServiceConfig>, Resource)> {

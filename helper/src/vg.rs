@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use ferry_core::config::{ResourceConfig, VgConfig};
+use ferry_core::config::VgConfig;
 use ferry_core::status::{ResourceStatus, State};
 use zbus::message::Header;
 use zbus::{interface, Connection};
@@ -92,13 +92,7 @@ pub async fn status(node: &str, rid: &str, c: &VgConfig) -> ResourceStatus {
 }
 
 fn config(ctx: &ResCtx) -> Result<VgConfig> {
-    match ctx.resource()?.1.config {
-        ResourceConfig::Vg(c) => Ok(c),
-        _ => Err(HelperError::failed(format!(
-            "{} is not a vg resource",
-            ctx.rid
-        ))),
-    }
+    ctx.config().map(|(_, c)| c)
 }
 
 async fn vgchange(log: &mut Vec<String>, args: &[&str]) -> Result<()> {

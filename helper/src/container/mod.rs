@@ -12,7 +12,7 @@ pub mod passthrough;
 
 use std::collections::HashMap;
 
-use ferry_core::config::{ContainerConfig, ResourceConfig, ServiceConfig};
+use ferry_core::config::{ContainerConfig, ServiceConfig};
 use ferry_core::dbus::DOCKER_ALLOWED;
 use ferry_core::status::ResourceStatus;
 use zbus::message::Header;
@@ -30,14 +30,7 @@ pub async fn status(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> Reso
 }
 
 fn config(ctx: &ResCtx) -> Result<(std::sync::Arc<ServiceConfig>, ContainerConfig)> {
-    let (svc, res) = ctx.resource()?;
-    match res.config {
-        ResourceConfig::Container(c) => Ok((svc, c)),
-        _ => Err(HelperError::failed(format!(
-            "{} is not a container resource",
-            ctx.rid
-        ))),
-    }
+    ctx.config()
 }
 
 /// The first argument must be an allowed subcommand: no global options
