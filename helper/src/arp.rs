@@ -90,19 +90,41 @@ fn hwaddr(fd: &OwnedFd, ifname: &str) -> io::Result<[u8; 6]> {
     }
 }
 
-/// Throw away frames that arrived since the last use of the socket.
-fn drain(link: &Link) {
+/// One non-blocking read. `Ok(None)`: nothing left to read. A pending
+/// socket error (ENETDOWN after the link went down and up) is reported
+/// once and cleared by the read that returns it, so it is skipped: the
+/// frames queued behind it must still be read.
+fn recv_frame(link: &Link, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    // Bounded: a socket cannot hold more pending errors than this in a row.
+    for _ in 0..8 {
+        // SAFETY: reading into a buffer we own, its length given; non-blocking.
+        let n = unsafe {
+            libc::recv(
+                link.fd.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                0,
+            )
+        };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) => return Ok(None),
+            Some(libc::EINTR | libc::ENETDOWN | libc::ENXIO) => continue,
+            _ => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// Throw away frames that arrived since the last use of the socket: an old
+/// announcement by the previous owner must not read as an answer now.
+fn drain(link: &Link) -> io::Result<()> {
     let mut buf = [0u8; 128];
-    // SAFETY: reading into a buffer we own, its length given; non-blocking.
-    while unsafe {
-        libc::recv(
-            link.fd.as_raw_fd(),
-            buf.as_mut_ptr() as *mut libc::c_void,
-            buf.len(),
-            0,
-        )
-    } >= 0
-    {}
+    while recv_frame(link, &mut buf)?.is_some() {}
+    Ok(())
 }
 
 fn ifname_bytes(ifname: &str) -> io::Result<[libc::c_char; libc::IFNAMSIZ]> {
@@ -223,7 +245,7 @@ pub fn probe(ifname: &str, addr: Ipv4Addr, window: Duration) -> io::Result<Optio
     let shared = link(ifname)?;
     // One probe at a time per link: each must see every answer.
     let link = shared.lock().unwrap_or_else(|p| p.into_inner());
-    drain(&link);
+    drain(&link)?;
     let frame = request_frame(link.mac, Ipv4Addr::UNSPECIFIED, addr);
     let start = Instant::now();
     send(&link, &frame)?;
@@ -259,20 +281,8 @@ pub fn probe(ifname: &str, addr: Ipv4Addr, window: Duration) -> io::Result<Optio
         if r == 0 {
             continue;
         }
-        loop {
-            // SAFETY: reading into a buffer we own, its length given.
-            let n = unsafe {
-                libc::recv(
-                    link.fd.as_raw_fd(),
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                    0,
-                )
-            };
-            if n < 0 {
-                break; // EAGAIN: drained
-            }
-            if let Some(mac) = claims(&buf[..n as usize], addr, link.mac) {
+        while let Some(n) = recv_frame(&link, &mut buf)? {
+            if let Some(mac) = claims(&buf[..n], addr, link.mac) {
                 return Ok(Some(mac));
             }
         }

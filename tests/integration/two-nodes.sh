@@ -182,6 +182,12 @@ t_unreachable_node_is_bounded() {
   expect_ok as op node1 ferry status busybox --all-nodes
   matches '^node2 +\? +node2 did not answer'
   [ $(( $(date +%s) - t0 )) -le 6 ] || fail "status took $(( $(date +%s) - t0 )) s with node2 down"
+  # Back up, node2 takes the service: the link flap must not leave node2's
+  # ARP probe reading stale announcements as answers.
+  root_on node2 ip link set lab0 up
+  root_on node1 rm -f /etc/ferry/ferry.conf
+  expect_ok as op node1 ferry relocate busybox --to node2
+  expect_ok as op node2 ferry relocate busybox --to node1
 }
 
 t_sudo_mode_relocation() {
