@@ -78,6 +78,19 @@ t_docker_passthrough() {
   contains "not allowed"
   expect_code 3 as guest node1 ferry docker busybox -- ps
   contains "io.ferry.container.docker"
+  # a caller that goes away takes the helper's docker CLI with it
+  as op node1 ferry docker busybox -- logs -f busybox.container.1 >/dev/null 2>&1 &
+  sleep 1
+  root_on node1 pgrep -f "docker -H unix:///var/lib/ferry/busybox/docker.sock logs -f" >/dev/null \
+    || fail "no docker logs -f running for the caller"
+  root_on node1 pkill -f "ferry docker busybox -- logs -f"
+  wait || true
+  local i
+  for i in 1 2 3 4 5 6 7 8 9 10; do
+    root_on node1 pgrep -f "docker -H unix:///var/lib/ferry/busybox/docker.sock logs -f" >/dev/null || return 0
+    sleep 0.2
+  done
+  fail "the docker CLI outlived its caller"
 }
 
 t_data_survives_stop_and_start_with_same_container() {

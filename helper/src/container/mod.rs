@@ -49,6 +49,33 @@ pub fn check_docker_args(args: &[String]) -> Result<()> {
     }
 }
 
+/// Resolves when `sender` has no owner on the bus any more.
+async fn caller_gone(conn: &Connection, sender: &str) {
+    use futures_util::StreamExt;
+    let watch = async {
+        let dbus = zbus::fdo::DBusProxy::new(conn).await?;
+        let mut changes = dbus
+            .receive_name_owner_changed_with_args(&[(0, sender)])
+            .await?;
+        // Subscribed first, then checked: no departure slips between the two.
+        let name = zbus::names::BusName::try_from(sender)?;
+        if !dbus.name_has_owner(name).await? {
+            return Ok::<(), zbus::Error>(());
+        }
+        while let Some(signal) = changes.next().await {
+            if signal.args()?.new_owner().is_none() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    };
+    if let Err(e) = watch.await {
+        // Without the watch, fall back to waiting for docker alone.
+        tracing::warn!("cannot watch caller {sender}: {e}");
+        std::future::pending::<()>().await;
+    }
+}
+
 #[interface(name = "io.ferry.Helper1.Container")]
 impl ContainerObject {
     async fn check(&self) -> Result<(String, String, Vec<String>)> {
@@ -147,7 +174,16 @@ impl ContainerObject {
             return Err(e);
         }
         tracing::info!(target: "audit", uid = who.uid, action = "io.ferry.container.docker", service = %ctx.service, rid = %ctx.rid, args = ?args, result = "allowed");
-        passthrough::run(&svc, &args, stdin.into(), stdout.into(), stderr.into()).await
+        // A caller that goes away (Ctrl-C on `ferry docker … -- attach`)
+        // must not leave docker holding its terminal: dropping the run
+        // future kills the CLI.
+        tokio::select! {
+            r = passthrough::run(&svc, &args, stdin.into(), stdout.into(), stderr.into()) => r,
+            _ = caller_gone(conn, &who.sender) => {
+                tracing::info!(uid = who.uid, service = %ctx.service, "docker caller left the bus: docker CLI killed");
+                Err(HelperError::failed("the caller left"))
+            }
+        }
     }
 
     #[zbus(property)]
