@@ -33,6 +33,14 @@ pub fn select<'a>(cfg: &'a ServiceConfig, rids: &[String]) -> Result<Vec<&'a Res
 
 pub async fn start(h: &Helper, cfg: &ServiceConfig, rids: &[String], log: &Log) -> Result<()> {
     let selected = select(cfg, rids)?;
+    let node = h.node_name().await?;
+    if !cfg.nodes.contains(&node) {
+        return Err(FerryError::Usage(format!(
+            "{node} is not one of the nodes of '{}' ({}): refusing to start it here",
+            cfg.name,
+            cfg.nodes.join(" ")
+        )));
+    }
     let before = h.service(&cfg.name).await?.status().await?;
     let was_up = |rid: &str| {
         before

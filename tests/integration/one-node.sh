@@ -163,6 +163,13 @@ t_unknown_service_and_rid() {
   contains "unknown service 'nosuch'"
   expect_code 2 as op node1 ferry start busybox --rid fs#9
   contains "has no resource fs#9"
+  # a config that does not list this node
+  root_on node1 sh -c 'printf "[DEFAULT]\nnodes = node7\n[ip#1]\nipdev = lab0\nipname = 203.0.113.27\nnetmask = 24\n" > /etc/ferry/services/elsewhere.conf'
+  expect_ok as op node1 ferry reload
+  expect_code 2 as op node1 ferry start elsewhere
+  contains "node1 is not one of the nodes of 'elsewhere' (node7)"
+  root_on node1 rm /etc/ferry/services/elsewhere.conf
+  expect_ok as op node1 ferry reload
 }
 
 t_helper_down_is_reported() {
