@@ -238,12 +238,12 @@ impl IpObject {
             .await
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     fn rid(&self) -> String {
         self.ctx.rid.clone()
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     fn settings(&self) -> HashMap<String, String> {
         let mut m = HashMap::new();
         if let Ok(c) = config(&self.ctx) {

@@ -93,12 +93,12 @@ impl ManagerObject {
         .await
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     fn node_name(&self) -> String {
         self.reg.node().to_string()
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     fn version(&self) -> String {
         env!("CARGO_PKG_VERSION").to_string()
     }

@@ -42,12 +42,12 @@ impl ServiceObject {
         Ok((svc.text.clone(), svc.checksum()))
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     fn name(&self) -> String {
         self.service.clone()
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     fn nodes(&self) -> Vec<String> {
         self.reg
             .service(&self.service)
@@ -55,7 +55,7 @@ impl ServiceObject {
             .unwrap_or_default()
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     fn checksum(&self) -> String {
         self.reg
             .service(&self.service)
@@ -63,7 +63,7 @@ impl ServiceObject {
             .unwrap_or_default()
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     fn resources(&self) -> Vec<String> {
         self.reg
             .service(&self.service)

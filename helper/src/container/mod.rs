@@ -186,12 +186,12 @@ impl ContainerObject {
         }
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     fn rid(&self) -> String {
         self.ctx.rid.clone()
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     fn settings(&self) -> HashMap<String, String> {
         let mut m = HashMap::new();
         if let Ok((svc, c)) = config(&self.ctx) {
