@@ -156,6 +156,15 @@ impl ContainerObject {
         check_docker_args(&args)?;
         let ctx = &self.ctx;
         let (svc, _) = config(ctx)?;
+        // The host's own daemon runs containers that are not the service's:
+        // handing it to a caller granted this service would grant them all.
+        if svc.docker_data_dir.is_none() {
+            return Err(HelperError::InvalidArgument(format!(
+                "service '{}' uses the host's docker daemon: `ferry docker` serves only services \
+                 with a private daemon (docker_data_dir)",
+                svc.name
+            )));
+        }
         // Authorize and audit, but do not hold the service lock while an
         // attach may run for hours.
         let who = crate::auth::caller(conn, &header).await?;

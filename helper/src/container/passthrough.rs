@@ -60,13 +60,19 @@ pub fn check_file_access(args: &[String]) -> Result<()> {
     let Some((sub, rest)) = args.split_first() else {
         return Ok(());
     };
+    // `image` is the one command group allowed: its subcommand must come
+    // right after it. The CLI skips `--flag=value` tokens while looking for a
+    // subcommand (`image --help=false build …` runs `image build`), so no
+    // option may stand in between.
     let (sub, rest) = match (sub.as_str(), rest.split_first()) {
         ("image", Some((sub2, rest2))) if IMAGE_SUBCOMMANDS.contains(&sub2.as_str()) => {
             (sub2.as_str(), rest2)
         }
-        ("image", Some((sub2, _))) if !sub2.starts_with('-') => {
+        ("image", other) => {
             return Err(HelperError::InvalidArgument(format!(
-                "docker image {sub2} is not allowed through ferry (allowed: {})",
+                "docker image {} is not allowed through ferry: the subcommand must follow `image` \
+                 directly (allowed: {})",
+                other.map(|(a, _)| a.as_str()).unwrap_or(""),
                 IMAGE_SUBCOMMANDS.join(", ")
             )))
         }
@@ -164,6 +170,21 @@ mod tests {
     }
 
     #[test]
+    fn image_subcommand_must_follow_directly() {
+        for bad in [
+            &["image", "--help=false", "build", "-f", "/etc/passwd", "/etc"][..],
+            &["image", "--help=false", "save", "-o", "/root/x", "img"],
+            &["image", "-q", "ls"],
+            &["image", "build", "/"],
+            &["image", "push", "img"],
+            &["image"],
+        ] {
+            assert!(check_file_access(&v(bad)).is_err(), "{bad:?} passed");
+        }
+        assert!(check_file_access(&v(&["image", "ls", "-q"])).is_ok());
+    }
+
+    #[test]
     fn file_options_are_refused() {
         assert!(check_file_access(&v(&["ps", "-a"])).is_ok());
         assert!(check_file_access(&v(&["load"])).is_ok());
@@ -181,7 +202,8 @@ mod tests {
         assert!(check_file_access(&v(&["image", "build", "/"])).is_err());
         assert!(check_file_access(&v(&["image", "push", "x"])).is_err());
         assert!(check_file_access(&v(&["image", "ls"])).is_ok());
-        assert!(check_file_access(&v(&["image", "--help"])).is_ok());
+        // nothing may stand between `image` and its subcommand, --help included
+        assert!(check_file_access(&v(&["image", "--help"])).is_err());
     }
 
     #[test]
