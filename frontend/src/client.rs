@@ -45,6 +45,13 @@ impl Helper {
     /// The service's config as the helper runs it. An unknown service gets
     /// the local file's own validation errors when there is a file.
     pub async fn config(&self, name: &str) -> Result<ServiceConfig> {
+        // Checked before the name becomes part of a path: under sudo this
+        // process is root, and `../x` must not read files elsewhere.
+        if !config::valid_service_name(name) {
+            return Err(FerryError::Usage(format!(
+                "'{name}' is not a valid service name (letters, digits, '.', '-', '_')"
+            )));
+        }
         let known = self.services().await?;
         if !known.iter().any(|s| s == name) {
             let path = config::services_dir().join(format!("{name}.conf"));
