@@ -448,12 +448,17 @@ const RESERVED_DOCKERD_ARGS: &[&str] = &[
     "--config-file",
 ];
 
+/// Absolute, and written the one way the kernel reports it: no `.`, `..`,
+/// `//` or trailing `/`. Mount state is matched against /proc/self/mountinfo
+/// by this string, so `/srv/a/` would never be seen as mounted.
 fn is_absolute_clean(p: &str) -> bool {
     let path = Path::new(p);
+    let normal: PathBuf = path.components().collect();
     path.is_absolute()
         && path
             .components()
             .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        && normal.as_os_str() == path.as_os_str()
 }
 
 /// True when `inner` is `outer` or below it, compared by path components.
@@ -1219,6 +1224,18 @@ schedule = 03:59-05:59
                 .any(|l| l.starts_with("/x/svc.conf:6: [weird]: unknown section")),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn paths_must_be_canonical() {
+        for bad in ["/srv/a/", "/srv//a", "/srv/./a", "/srv/../a", "srv/a"] {
+            let text =
+                format!("[DEFAULT]\nnodes = n1\n[fs#1]\ndev = /dev/x\nmnt = {bad}\ntype = ext4\n");
+            assert!(
+                errors(&text).iter().any(|e| e.contains("[fs#1] mnt:")),
+                "{bad} was accepted"
+            );
+        }
     }
 
     #[test]

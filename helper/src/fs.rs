@@ -124,6 +124,29 @@ fn config(ctx: &ResCtx) -> Result<FsConfig> {
     ctx.config().map(|(_, c)| c)
 }
 
+/// The mountpoint must be the path it says: a symlink anywhere in it (say,
+/// planted in a parent filesystem) would make root mount elsewhere, and make
+/// status look for the mount under the wrong name.
+fn refuse_symlinked_path(mnt: &str) -> Result<()> {
+    // The deepest part of the path that exists must resolve to itself.
+    let mut existing = Path::new(mnt);
+    while !existing.exists() {
+        match existing.parent() {
+            Some(p) => existing = p,
+            None => return Ok(()),
+        }
+    }
+    match std::fs::canonicalize(existing) {
+        Ok(real) if real == existing => Ok(()),
+        Ok(real) => Err(HelperError::failed(format!(
+            "{mnt}: {} resolves to {}: refusing to mount through a symbolic link",
+            existing.display(),
+            real.display()
+        ))),
+        Err(e) => Err(HelperError::failed(format!("{mnt}: {e}"))),
+    }
+}
+
 async fn mount(c: &FsConfig) -> Result<Vec<String>> {
     let Some(dev) = devno(&c.dev) else {
         return Err(HelperError::failed(format!("device {} not found", c.dev)));
@@ -138,6 +161,7 @@ async fn mount(c: &FsConfig) -> Result<Vec<String>> {
             c.mnt
         )));
     }
+    refuse_symlinked_path(&c.mnt)?;
     let mut log = Vec::new();
     if !Path::new(&c.mnt).exists() {
         std::fs::create_dir_all(&c.mnt)
@@ -272,6 +296,21 @@ impl FsObject {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn symlinked_mountpoints_are_refused() {
+        let tmp = std::env::temp_dir().join(format!("ferry-fs-test-{}", std::process::id()));
+        std::fs::create_dir_all(tmp.join("real")).expect("tmp dir");
+        let base = std::fs::canonicalize(&tmp).expect("canonical tmp");
+        std::os::unix::fs::symlink(base.join("real"), base.join("link")).expect("symlink");
+        let path = |p: &str| base.join(p).display().to_string();
+        // judged by the deepest part that exists
+        assert!(refuse_symlinked_path(&path("real/not-yet/mnt")).is_ok());
+        assert!(refuse_symlinked_path(&path("real")).is_ok());
+        assert!(refuse_symlinked_path(&path("link/not-yet/mnt")).is_err());
+        assert!(refuse_symlinked_path(&path("link")).is_err());
+        std::fs::remove_dir_all(&base).ok();
+    }
 
     #[test]
     fn mountinfo_parsing() {
