@@ -139,16 +139,28 @@ pub async fn relocate(
             None,
             &format!("start on {to} failed: {e}; stopping there and starting here again"),
         );
-        match peers.stream(to, true, &["stop", &cfg.name]).await {
-            Ok(0) => {}
-            Ok(c) => log.error(
+        // Start here again only once the target says it stopped: if it cannot
+        // be reached, it may hold the address and the disk, and two nodes
+        // running the service is worse than none.
+        let stopped_there = match peers.stream(to, true, &["stop", &cfg.name]).await {
+            Ok(0) => Ok(()),
+            Ok(c) => Err(format!("exit {c}")),
+            Err(e2) => Err(e2.to_string()),
+        };
+        if let Err(why) = stopped_there {
+            log.error(
                 None,
-                &format!("stop on {to} failed (exit {c}): check it by hand"),
-            ),
-            Err(e2) => log.error(
-                None,
-                &format!("stop on {to} failed: {e2}: check it by hand"),
-            ),
+                &format!(
+                    "stop on {to} failed ({why}): leaving '{}' down on {here}",
+                    cfg.name
+                ),
+            );
+            return Err(FerryError::Failed(format!(
+                "relocation of '{}' to {to} failed ({e}) and {to} could not be stopped ({why}): \
+                 the service is down on {here} and in an unknown state on {to}; check {to}, \
+                 then start it where it belongs",
+                cfg.name
+            )));
         }
         return match local(h, &peers, cfg, here, "start", log).await {
             Ok(()) => Err(FerryError::Failed(format!(
