@@ -76,6 +76,11 @@ t_docker_passthrough() {
   matches '[A-Z][a-z]{2} [A-Z][a-z]{2} +[0-9]+ [0-9]{2}:[0-9]{2}:[0-9]{2} [A-Z]+ 20[0-9]{2}'
   expect_code 2 as op node1 ferry docker busybox -- run --privileged local/busybox:date
   contains "not allowed"
+  # the CLI would skip the option and run `image build` as root
+  expect_code 2 as op node1 ferry docker busybox -- image --help=false build -f /etc/shadow /etc
+  contains "must follow \`image\` directly"
+  expect_code 2 as op node1 ferry docker busybox -- load -i /etc/shadow
+  contains "may not open files"
   expect_code 3 as guest node1 ferry docker busybox -- ps
   contains "io.ferry.container.docker"
   # a caller that goes away takes the helper's docker CLI with it
@@ -163,6 +168,8 @@ t_unknown_service_and_rid() {
   contains "unknown service 'nosuch'"
   expect_code 2 as op node1 ferry start busybox --rid fs#9
   contains "has no resource fs#9"
+  expect_code 2 as op node1 ferry start ../../../etc/shadow
+  contains "is not a valid service name"
   # a config that does not list this node
   root_on node1 sh -c 'printf "[DEFAULT]\nnodes = node7\n[ip#1]\nipdev = lab0\nipname = 203.0.113.27\nnetmask = 24\n" > /etc/ferry/services/elsewhere.conf'
   expect_ok as op node1 ferry reload
