@@ -47,9 +47,37 @@ pub async fn start(h: &Helper, cfg: &ServiceConfig, rids: &[String], log: &Log) 
             .iter()
             .any(|s| s.rid == rid && s.state() == State::Up)
     };
+    // The address probe is the guard against running the service twice: a
+    // partial start that skips it may only go ahead once the address is up
+    // here, i.e. once this node has won the probe.
+    let skipped_ips: Vec<&str> = cfg
+        .resources
+        .iter()
+        .filter(|r| {
+            r.kind() == Kind::Ip && !selected.iter().any(|s| s.rid == r.rid) && !was_up(&r.rid)
+        })
+        .map(|r| r.rid.as_str())
+        .collect();
+    if !skipped_ips.is_empty() && selected.iter().any(|r| r.kind() != Kind::Ip) {
+        return Err(FerryError::Usage(format!(
+            "{} is not up here and guards against running '{}' on two nodes: include it in --rid, \
+             or start it first",
+            skipped_ips.join(", "),
+            cfg.name
+        )));
+    }
     let t0 = Instant::now();
     let mut touched: Vec<&Resource> = Vec::new();
     for r in &selected {
+        if crate::log::interrupted() {
+            log.warn(None, "interrupted: rolling back what this start did");
+            let undo: Vec<&Resource> = touched.into_iter().filter(|r| !was_up(&r.rid)).collect();
+            stop_list(h, cfg, &undo, log, true).await.ok();
+            return Err(FerryError::Failed(format!(
+                "start of '{}' interrupted and rolled back",
+                cfg.name
+            )));
+        }
         match resource::start(h, cfg, r, log).await {
             Ok(()) => touched.push(r),
             Err(e) => {
@@ -108,9 +136,11 @@ async fn stop_list(
     let mut containers_left = selected_containers;
     let mut first_err = None;
     for r in list.iter().rev() {
+        // A rollback stops the daemon with its last container (it refuses
+        // while any other still runs); a partial stop keeps it for the others.
         let last_container = if r.kind() == Kind::Container {
             containers_left -= 1;
-            containers_left == 0 && whole
+            containers_left == 0 && (whole || keep_going)
         } else {
             false
         };

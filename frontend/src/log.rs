@@ -2,6 +2,8 @@
 //! `18:13:37 INFO    BUSYBOX.FS#1               mount -t ext4 …`.
 
 use std::future::Future;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::error::Result;
@@ -39,7 +41,14 @@ impl Log {
     }
 
     pub fn line(&self, level: &str, rid: Option<&str>, msg: &str) {
-        println!("{} {level:<7} {:<27} {msg}", clock(), self.who(rid));
+        // Never panic on a closed stdout (`| head`, a dropped ssh session):
+        // an action half done is worse than a lost log line.
+        let _ = writeln!(
+            std::io::stdout(),
+            "{} {level:<7} {:<27} {msg}",
+            clock(),
+            self.who(rid)
+        );
     }
 
     pub fn info(&self, rid: Option<&str>, msg: &str) {
@@ -71,4 +80,40 @@ impl Log {
         }
         Ok(lines)
     }
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// From here on, SIGINT and SIGTERM only set a flag that a start checks
+/// between resources (it then rolls back); SIGHUP is ignored, so that an
+/// operator's dropped session does not cut an action in half.
+pub fn guard_signals() {
+    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+    tokio::spawn(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            INTERRUPTED.store(true, Ordering::SeqCst);
+            let _ = writeln!(
+                std::io::stderr(),
+                "ferry: interrupted: finishing the current step, then rolling back a start"
+            );
+        }
+    });
+}
+
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
 }

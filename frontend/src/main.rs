@@ -202,6 +202,12 @@ async fn status(services: Vec<String>, format: Format, all_nodes: bool, local: b
 }
 
 async fn run(cli: Cli) -> Result<i32> {
+    if matches!(
+        cli.cmd,
+        Cmd::Start { .. } | Cmd::Stop { .. } | Cmd::Relocate { .. } | Cmd::Sync { .. }
+    ) {
+        log::guard_signals();
+    }
     match cli.cmd {
         Cmd::Validate { files } => validate(&files).map(|_| 0),
         Cmd::Status {

@@ -4,6 +4,7 @@
 //! sudo/ferry). Connections are shared (ControlMaster), so a sequence of
 //! calls pays the ssh handshake once.
 
+use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -168,7 +169,7 @@ impl Peers {
             if let Some(s) = stdout {
                 let mut lines = BufReader::new(s).lines();
                 while let Ok(Some(l)) = lines.next_line().await {
-                    println!("{prefix}: {l}");
+                    let _ = writeln!(std::io::stdout(), "{prefix}: {l}");
                 }
             }
         });
@@ -176,7 +177,7 @@ impl Peers {
             if let Some(s) = stderr {
                 let mut lines = BufReader::new(s).lines();
                 while let Ok(Some(l)) = lines.next_line().await {
-                    eprintln!("{p2}: {l}");
+                    let _ = writeln!(std::io::stderr(), "{p2}: {l}");
                 }
             }
         });

@@ -163,11 +163,25 @@ t_failed_start_leaves_nothing_behind() {
   expect_ok as op node1 ferry reload
 }
 
+t_interrupted_start_rolls_back() {
+  # SIGINT lands during the address probe: the start stops after that step
+  # and undoes it
+  expect_code 1 as op node1 bash -c 'ferry start busybox & p=$!; sleep 0.1; kill -INT $p; wait $p'
+  contains "interrupted: rolling back what this start did"
+  contains "start of 'busybox' interrupted and rolled back"
+  node_is_clean node1
+}
+
 t_unknown_service_and_rid() {
   expect_code 2 as op node1 ferry start nosuch
   contains "unknown service 'nosuch'"
   expect_code 2 as op node1 ferry start busybox --rid fs#9
   contains "has no resource fs#9"
+  # a partial start that skips the address probe (the guard against
+  # running twice) is refused while the address is not up here
+  expect_code 2 as op node1 ferry start busybox --rid vg#1,fs#1
+  contains "ip#1 is not up here and guards against running 'busybox' on two nodes"
+  node_is_clean node1
   expect_code 2 as op node1 ferry start ../../../etc/shadow
   contains "is not a valid service name"
   # a config that does not list this node
@@ -196,6 +210,7 @@ run_test "one-node: docker passthrough"                     t_docker_passthrough
 run_test "one-node: stop/start keeps container and data"    t_data_survives_stop_and_start_with_same_container
 run_test "one-node: per-service polkit group"               t_per_service_group
 run_test "one-node: failed start rolls back"                t_failed_start_leaves_nothing_behind
+run_test "one-node: an interrupted start rolls back"        t_interrupted_start_rolls_back
 run_test "one-node: unknown service and rid"                t_unknown_service_and_rid
 run_test "one-node: helper down"                            t_helper_down_is_reported
 
