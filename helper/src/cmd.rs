@@ -11,6 +11,17 @@ use crate::error::{HelperError, Result};
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a program may run before it is killed. A filesystem check after
+/// a crash can take a long time, and killing it (or LVM in the middle of a
+/// metadata update) only makes things worse: those get hours, not a minute.
+fn timeout_for(program: &str) -> Duration {
+    match program {
+        "e2fsck" => Duration::from_secs(24 * 3600),
+        "vgchange" | "vgs" | "lvs" | "sg_persist" => Duration::from_secs(3600),
+        _ => DEFAULT_TIMEOUT,
+    }
+}
+
 pub struct Output {
     pub code: i32,
     pub stdout: String,
@@ -43,13 +54,14 @@ pub async fn run(program: &str, args: &[&str]) -> Result<Output> {
     let line = display(program, args);
     info!(target: "exec", "{line}");
     let child = command(program, args).output();
-    let out = match tokio::time::timeout(DEFAULT_TIMEOUT, child).await {
+    let limit = timeout_for(program);
+    let out = match tokio::time::timeout(limit, child).await {
         Ok(Ok(out)) => out,
         Ok(Err(e)) => return Err(HelperError::failed(format!("{line}: cannot run: {e}"))),
         Err(_) => {
             return Err(HelperError::failed(format!(
                 "{line}: no answer after {} s",
-                DEFAULT_TIMEOUT.as_secs()
+                limit.as_secs()
             )))
         }
     };
