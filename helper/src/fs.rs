@@ -38,11 +38,17 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+        let octal = (i + 3 < b.len()
+            && b[i] == b'\\'
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)))
+        .then(|| {
+            u16::from(b[i + 1] - b'0') * 64
+                + u16::from(b[i + 2] - b'0') * 8
+                + u16::from(b[i + 3] - b'0')
+        })
+        .and_then(|v| u8::try_from(v).ok());
+        if let Some(byte) = octal {
+            out.push(byte);
             i += 4;
         } else {
             out.push(b[i]);
@@ -206,7 +212,12 @@ async fn unmount(c: &FsConfig) -> Result<Vec<String>> {
         // Later entries sit on top of earlier ones: unmount in reverse order.
         // A data root that dockerd bind-mounted onto itself shows up here too.
         for m in mounts()?.iter().filter(|m| below(m)).rev() {
-            match umount2(m.mountpoint.as_str(), MntFlags::empty()) {
+            let path = m.mountpoint.clone();
+            let unmounted =
+                tokio::task::spawn_blocking(move || umount2(path.as_str(), MntFlags::empty()))
+                    .await
+                    .map_err(|e| HelperError::failed(format!("umount {}: {e}", m.mountpoint)))?;
+            match unmounted {
                 Ok(()) => log.push(format!("umount {}", m.mountpoint)),
                 Err(nix::errno::Errno::EBUSY) => {
                     busy = Some(m.mountpoint.clone());
@@ -322,5 +333,7 @@ mod tests {
         assert_eq!(m[0].devno, (7, 3));
         assert!(m[0].read_write);
         assert!(!m[1].read_write);
+        // an escape beyond a byte stays as it is, without overflowing
+        assert_eq!(unescape("/a\\777b"), "/a\\777b");
     }
 }
