@@ -130,11 +130,11 @@ async fn activate(c: &VgConfig, on: bool) -> Result<Vec<String>> {
     Ok(log)
 }
 
-/// This host's reservation key, from its host id.
-fn host_key() -> String {
-    // SAFETY: gethostid has no preconditions.
-    let id = unsafe { libc::gethostid() } as u32;
-    format!("0x{id:x}")
+/// This node's reservation key: from its node name, not gethostid(), which
+/// on Debian without /etc/hostid derives from 127.0.1.1 and is the same on
+/// every node (no fencing at all).
+fn host_key(node: &str) -> String {
+    format!("0x{}", &ferry_core::config::checksum(node)[..16])
 }
 
 async fn physical_volumes(vg: &str) -> Result<Vec<String>> {
@@ -157,11 +157,11 @@ async fn holder(dev: &str) -> Result<Option<String>> {
         .find_map(|l| l.trim().strip_prefix("Key=").map(|k| k.trim().to_string())))
 }
 
-async fn reserve(c: &VgConfig, force: bool) -> Result<Vec<String>> {
+async fn reserve(node: &str, c: &VgConfig, force: bool) -> Result<Vec<String>> {
     if !c.scsireserv {
         return Ok(vec![format!("scsireserv is off for {}", c.vgname)]);
     }
-    let key = host_key();
+    let key = host_key(node);
     let mut log = Vec::new();
     for dev in physical_volumes(&c.vgname).await? {
         let register = ["--out", "--register-ignore", "--param-sark", &key, &dev];
@@ -207,11 +207,11 @@ async fn reserve(c: &VgConfig, force: bool) -> Result<Vec<String>> {
     Ok(log)
 }
 
-async fn release(c: &VgConfig) -> Result<Vec<String>> {
+async fn release(node: &str, c: &VgConfig) -> Result<Vec<String>> {
     if !c.scsireserv {
         return Ok(vec![format!("scsireserv is off for {}", c.vgname)]);
     }
-    let key = host_key();
+    let key = host_key(node);
     let mut log = Vec::new();
     for dev in physical_volumes(&c.vgname).await? {
         if holder(&dev).await?.as_deref() == Some(key.as_str()) {
@@ -300,8 +300,15 @@ impl VgObject {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<String>> {
         let ctx = &self.ctx;
-        ctx.privileged(conn, &header, "io.ferry.vg.reserve", || async {
-            reserve(&config(ctx)?, force).await
+        // Preempting another node's reservation is a forced takeover: its
+        // own action, so that rules can keep it from everyday operators.
+        let action = if force {
+            "io.ferry.vg.preempt"
+        } else {
+            "io.ferry.vg.reserve"
+        };
+        ctx.privileged(conn, &header, action, || async {
+            reserve(ctx.reg.node(), &config(ctx)?, force).await
         })
         .await
     }
@@ -313,7 +320,7 @@ impl VgObject {
     ) -> Result<Vec<String>> {
         let ctx = &self.ctx;
         ctx.privileged(conn, &header, "io.ferry.vg.release", || async {
-            release(&config(ctx)?).await
+            release(ctx.reg.node(), &config(ctx)?).await
         })
         .await
     }
