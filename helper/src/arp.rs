@@ -222,8 +222,10 @@ fn send(link: &Link, frame: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Does this frame say that someone else uses `addr`? A reply or request
-/// whose sender address is `addr`, from another hardware address.
+/// Does this frame say that someone else uses `addr`, or wants it? A reply
+/// or request whose sender address is `addr`, or (RFC 5227 §2.1.1) another
+/// host's probe for `addr` at the same moment, from another hardware
+/// address. Two nodes probing at once must not both conclude it is free.
 fn claims(frame: &[u8], addr: Ipv4Addr, own: [u8; 6]) -> Option<Mac> {
     if frame.len() < FRAME_LEN || frame[12..14] != ETH_P_ARP.to_be_bytes() {
         return None;
@@ -235,7 +237,10 @@ fn claims(frame: &[u8], addr: Ipv4Addr, own: [u8; 6]) -> Option<Mac> {
     let mut sha = [0u8; 6];
     sha.copy_from_slice(&frame[22..28]);
     let spa = Ipv4Addr::new(frame[28], frame[29], frame[30], frame[31]);
-    (spa == addr && sha != own).then_some(Mac(sha))
+    let tpa = Ipv4Addr::new(frame[38], frame[39], frame[40], frame[41]);
+    let uses = spa == addr;
+    let probes = op == ARP_REQUEST && spa.is_unspecified() && tpa == addr;
+    ((uses || probes) && sha != own).then_some(Mac(sha))
 }
 
 /// Probe the wire for `addr` on `ifname`: two probes, at the start and the
@@ -308,16 +313,14 @@ mod tests {
         let addr = Ipv4Addr::new(203, 0, 113, 25);
         let probe = request_frame(own, Ipv4Addr::UNSPECIFIED, addr);
         assert_eq!(&probe[38..42], &[203, 0, 113, 25]);
-        // our own probe, and a probe by another host (sender 0.0.0.0), claim nothing
+        // our own probe claims nothing; another host probing for the same
+        // address at the same moment is a conflict (RFC 5227)
         assert_eq!(claims(&probe, addr, own), None);
-        assert_eq!(
-            claims(
-                &request_frame(other, Ipv4Addr::UNSPECIFIED, addr),
-                addr,
-                own
-            ),
-            None
-        );
+        let theirs = request_frame(other, Ipv4Addr::UNSPECIFIED, addr);
+        assert_eq!(claims(&theirs, addr, own), Some(Mac(other)));
+        // another host's probe for some other address is none of our business
+        let elsewhere = request_frame(other, Ipv4Addr::UNSPECIFIED, Ipv4Addr::new(203, 0, 113, 99));
+        assert_eq!(claims(&elsewhere, addr, own), None);
         // another host announcing the address does
         assert_eq!(
             claims(&request_frame(other, addr, addr), addr, own),
