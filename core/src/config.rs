@@ -446,7 +446,25 @@ const RESERVED_DOCKERD_ARGS: &[&str] = &[
     "-p",
     "--containerd",
     "--config-file",
+    // containers share the node's network: no bridge, no NAT rules
+    "--bridge",
+    "-b",
+    "--iptables",
+    "--ip6tables",
+    "--ip-masq",
 ];
+
+/// Is `arg` one of the reserved options, in any spelling dockerd accepts:
+/// `--opt`, `--opt=value`, `-H value`, `-Hvalue`?
+fn reserved_dockerd_arg(arg: &str) -> Option<&'static str> {
+    RESERVED_DOCKERD_ARGS.iter().copied().find(|opt| {
+        if opt.starts_with("--") {
+            arg == *opt || arg.starts_with(&format!("{opt}="))
+        } else {
+            arg.starts_with(opt)
+        }
+    })
+}
 
 /// Absolute, and written the one way the kernel reports it: no `.`, `..`,
 /// `//` or trailing `/`. Mount state is matched against /proc/self/mountinfo
@@ -701,8 +719,7 @@ pub fn parse_service(file: &str, text: &str) -> Result<ServiceConfig, ConfigErro
         .map(|s| s.split_whitespace().map(str::to_string).collect())
         .unwrap_or_default();
     for a in &docker_daemon_args {
-        let opt = a.split('=').next().unwrap_or(a);
-        if RESERVED_DOCKERD_ARGS.contains(&opt) {
+        if let Some(opt) = reserved_dockerd_arg(a) {
             ck.err(
                 "DEFAULT",
                 Some("docker_daemon_args"),
@@ -734,7 +751,7 @@ pub fn parse_service(file: &str, text: &str) -> Result<ServiceConfig, ConfigErro
                 let ipname = s.not_option(&mut ck, "ipname", ipname);
                 let netmask = s
                     .get("netmask")
-                    .map(|_| s.number::<u8>(&mut ck, "netmask", 24, (0, 32)));
+                    .map(|_| s.number::<u8>(&mut ck, "netmask", 24, (1, 32)));
                 let probe_ms = s.number::<u32>(&mut ck, "probe_ms", DEFAULT_PROBE_MS, (10, 5000));
                 match (ipdev, ipname) {
                     (Some(ipdev), Some(ipname)) => Some(ResourceConfig::Ip(IpConfig {
@@ -1224,6 +1241,29 @@ schedule = 03:59-05:59
                 .any(|l| l.starts_with("/x/svc.conf:6: [weird]: unknown section")),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn reserved_daemon_args_in_every_spelling() {
+        for bad in [
+            "-Htcp://0.0.0.0:2375",
+            "--host=tcp://x",
+            "-p/x",
+            "--bridge=docker0",
+            "--iptables=true",
+        ] {
+            let text = format!(
+                "[DEFAULT]\nnodes = n1\ndocker_daemon_args = {bad}\ndocker_data_dir = /s/d\n[fs#1]\ndev = /dev/x\nmnt = /s\ntype = ext4\n[container#1]\ntype = docker\nrun_image = i\n"
+            );
+            assert!(
+                errors(&text)
+                    .iter()
+                    .any(|e| e.contains("docker_daemon_args")),
+                "{bad} was accepted"
+            );
+        }
+        assert_eq!(reserved_dockerd_arg("--ip"), None);
+        assert_eq!(reserved_dockerd_arg("--log-level=debug"), None);
     }
 
     #[test]
