@@ -84,21 +84,28 @@ pub async fn status(cfg: &ServiceConfig, here: &str) -> Result<Vec<ResourceStatu
         return Ok(Vec::new());
     }
     let peers = Peers::new()?;
-    let mut state = State::Up;
     let mut comments = Vec::new();
+    let (mut stale, mut silent) = (false, false);
     for (node, r) in peer_states(&peers, cfg, here).await {
         match r {
             Ok(true) => {}
             Ok(false) => {
-                state = State::Down;
+                stale = true;
                 comments.push(format!("{node} need update"));
             }
             Err(e) => {
-                state = state.merge(State::Warn);
+                silent = true;
                 comments.push(format!("{node} did not answer: {e}"));
             }
         }
     }
+    // A peer that did not answer may or may not be in sync: warn, whatever
+    // order the answers came in.
+    let state = match (stale, silent) {
+        (_, true) => State::Warn,
+        (true, false) => State::Down,
+        (false, false) => State::Up,
+    };
     let mut rs = ResourceStatus::new(&sync_rid(cfg), state, LABEL);
     rs.comments = comments;
     Ok(vec![rs])
