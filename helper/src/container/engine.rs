@@ -61,6 +61,14 @@ async fn connect(svc: &ServiceConfig, timeout_s: u64) -> Option<Docker> {
     }
 }
 
+/// Does something accept connections on the daemon's socket?
+async fn listening(sock: &std::path::Path) -> bool {
+    matches!(
+        tokio::time::timeout(STATUS_TIMEOUT, tokio::net::UnixStream::connect(sock)).await,
+        Ok(Ok(_))
+    )
+}
+
 async fn connect_or_fail(svc: &ServiceConfig, timeout_s: u64) -> Result<Docker> {
     connect(svc, timeout_s)
         .await
@@ -425,6 +433,16 @@ pub async fn stop(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> Result
     // The stop call blocks for up to stop_timeout, then docker kills.
     let timeout_s = u64::from(c.stop_timeout) + API_TIMEOUT_S;
     let Some(docker) = connect(svc, timeout_s).await else {
+        // Nobody listening: the daemon, and so the container, is down. A
+        // daemon that accepts but does not answer may still run it: saying
+        // "stopped" then would let a relocation start it a second time.
+        if listening(&daemon::socket_path(svc)).await {
+            return Err(HelperError::failed(format!(
+                "the docker daemon of service {} accepts connections but does not answer: \
+                 cannot tell whether {name} still runs",
+                svc.name
+            )));
+        }
         return Ok(vec![format!(
             "docker daemon is not running: container {name} is already stopped"
         )]);
