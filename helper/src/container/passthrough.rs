@@ -172,7 +172,14 @@ mod tests {
     #[test]
     fn image_subcommand_must_follow_directly() {
         for bad in [
-            &["image", "--help=false", "build", "-f", "/etc/passwd", "/etc"][..],
+            &[
+                "image",
+                "--help=false",
+                "build",
+                "-f",
+                "/etc/passwd",
+                "/etc",
+            ][..],
             &["image", "--help=false", "save", "-o", "/root/x", "img"],
             &["image", "-q", "ls"],
             &["image", "build", "/"],
