@@ -354,7 +354,18 @@ fn service_fs_mnts(svc: &ServiceConfig) -> Vec<&str> {
 struct Proc {
     pid: i32,
     ppid: i32,
+    /// Owner of /proc/PID: the process's user.
+    uid: u32,
     argv: Vec<String>,
+}
+
+impl Proc {
+    /// Only root's processes can be the service's daemons: anyone can start
+    /// a process named dockerd with our pidfile in its arguments, and the
+    /// helper would then wait on it (or signal it) instead of starting its own.
+    fn is_root(&self) -> bool {
+        self.uid == 0
+    }
 }
 
 /// State letter and parent pid from `/proc/PID/stat`. The command name may
@@ -415,9 +426,12 @@ fn scan(our_ns: bool) -> Vec<Proc> {
         if state == 'Z' || state == 'X' {
             return None;
         }
+        let uid =
+            std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(format!("/proc/{pid}")).ok()?);
         Some(Proc {
             pid,
             ppid,
+            uid,
             argv: argv(pid).unwrap_or_default(),
         })
     })
@@ -747,7 +761,7 @@ pub async fn start(svc: &ServiceConfig) -> Result<Vec<String>> {
     let all = procs();
     // A dockerd of ours that does not answer: let it finish starting, but do
     // not start a second one beside it.
-    if let Some(d) = all.iter().find(|x| is_dockerd(&x.argv, &p)) {
+    if let Some(d) = all.iter().find(|x| x.is_root() && is_dockerd(&x.argv, &p)) {
         let deadline = Instant::now() + DOCKERD_START_TIMEOUT;
         while Instant::now() < deadline && alive(d.pid) {
             if ping(&p.docker_sock).await {
@@ -778,7 +792,10 @@ pub async fn start(svc: &ServiceConfig) -> Result<Vec<String>> {
     }
 
     let t0 = Instant::now();
-    let started_containerd = match all.iter().find(|x| is_containerd(&x.argv, &p)) {
+    let started_containerd = match all
+        .iter()
+        .find(|x| x.is_root() && is_containerd(&x.argv, &p))
+    {
         Some(c) if UnixStream::connect(&p.containerd_sock).await.is_ok() => {
             log.push(format!("containerd (pid {}) is already running", c.pid));
             None
@@ -960,9 +977,18 @@ pub async fn stop(svc: &ServiceConfig) -> Result<Vec<String>> {
         }
     }
     let all = procs();
-    let dockerds: Vec<&Proc> = all.iter().filter(|x| is_dockerd(&x.argv, &p)).collect();
-    let containerds: Vec<&Proc> = all.iter().filter(|x| is_containerd(&x.argv, &p)).collect();
-    let shims: Vec<&Proc> = all.iter().filter(|x| is_shim(&x.argv, &p)).collect();
+    let dockerds: Vec<&Proc> = all
+        .iter()
+        .filter(|x| x.is_root() && is_dockerd(&x.argv, &p))
+        .collect();
+    let containerds: Vec<&Proc> = all
+        .iter()
+        .filter(|x| x.is_root() && is_containerd(&x.argv, &p))
+        .collect();
+    let shims: Vec<&Proc> = all
+        .iter()
+        .filter(|x| x.is_root() && is_shim(&x.argv, &p))
+        .collect();
     if !answers && dockerds.is_empty() && containerds.is_empty() && shims.is_empty() {
         remove_leftover_files(&p);
         let mut log = vec!["docker daemon is already stopped".to_string()];
@@ -984,7 +1010,10 @@ pub async fn stop(svc: &ServiceConfig) -> Result<Vec<String>> {
     }
     // Shims normally exit with their container; what is left after
     // containerd is gone belongs to a daemon that was killed.
-    for s in procs().iter().filter(|x| is_shim(&x.argv, &p)) {
+    for s in procs()
+        .iter()
+        .filter(|x| x.is_root() && is_shim(&x.argv, &p))
+    {
         log.extend(kill_shim(s).await);
     }
     remove_leftover_files(&p);
