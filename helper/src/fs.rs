@@ -63,10 +63,14 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
         .filter_map(|line| {
             let f: Vec<&str> = line.split(' ').collect();
             let (maj, min) = f.get(2)?.split_once(':')?;
+            // Both the mount's own options and, after " - fstype source",
+            // the superblock's: errors=remount-ro flips only the latter.
+            let sep = f.iter().position(|x| *x == "-")?;
+            let super_ro = f.get(sep + 3)?.split(',').any(|o| o == "ro");
             Some(MountEntry {
                 devno: (maj.parse().ok()?, min.parse().ok()?),
                 mountpoint: unescape(f.get(4)?),
-                read_write: f.get(5)?.split(',').any(|o| o == "rw"),
+                read_write: f.get(5)?.split(',').any(|o| o == "rw") && !super_ro,
             })
         })
         .collect()
@@ -326,13 +330,18 @@ mod tests {
     #[test]
     fn mountinfo_parsing() {
         let text = "22 1 7:3 / /srv/busy\\040box rw,relatime shared:1 - ext4 /dev/loop3 rw\n\
-                    23 22 7:3 /docker /srv/busy\\040box/docker ro,relatime - ext4 /dev/loop3 rw\n";
+                    23 22 7:3 /docker /srv/busy\\040box/docker ro,relatime - ext4 /dev/loop3 rw\n\
+                    24 1 7:4 / /srv/x rw,relatime - ext4 /dev/loop4 ro,errors=remount-ro\n";
         let m = parse_mountinfo(text);
-        assert_eq!(m.len(), 2);
+        assert_eq!(m.len(), 3);
         assert_eq!(m[0].mountpoint, "/srv/busy box");
         assert_eq!(m[0].devno, (7, 3));
         assert!(m[0].read_write);
         assert!(!m[1].read_write);
+        assert!(
+            !m[2].read_write,
+            "a superblock remounted read-only is not writable"
+        );
         // an escape beyond a byte stays as it is, without overflowing
         assert_eq!(unescape("/a\\777b"), "/a\\777b");
     }
