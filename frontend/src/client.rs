@@ -58,7 +58,8 @@ impl Helper {
             if path.exists() {
                 config::load_service(&path).map_err(FerryError::Config)?;
                 return Err(FerryError::Failed(format!(
-                    "{} is valid but the helper has not loaded it: run `ferry reload`",
+                    "{} is valid but the helper has not loaded it: run `ferry reload`; \
+                     the helper loads only root-owned files nobody else may write (its log says why)",
                     path.display()
                 )));
             }

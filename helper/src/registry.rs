@@ -142,6 +142,10 @@ impl Registry {
             let Some(name) = config::service_name_of(&path) else {
                 continue;
             };
+            if let Err(why) = trusted_file(&path) {
+                error!("{}: {why}: service not loaded", path.display());
+                continue;
+            }
             match config::load_service(&path) {
                 Ok(cfg) => {
                     found.insert(name, Arc::new(cfg));
@@ -211,6 +215,26 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// A config tells root what to mount and run: it must be a regular file
+/// (not a symlink) owned by root that nobody else may write.
+fn trusted_file(path: &Path) -> std::result::Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    if !meta.file_type().is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.uid() != 0 {
+        return Err(format!("owned by uid {}, not root", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "mode {:o}: writable by group or others",
+            meta.mode() & 0o777
+        ));
+    }
+    Ok(())
 }
 
 async fn unexport(server: &ObjectServer, cfg: &ServiceConfig) {

@@ -144,6 +144,15 @@ EOC'
   expect_ok as op node1 ferry stop other
   root_on node1 rm -f /etc/ferry/services/other.conf
   expect_ok as op node1 ferry reload
+  # a config anyone may write is not trusted
+  root_on node1 sh -c 'printf "[DEFAULT]\nnodes = node1\n" > /etc/ferry/services/loose.conf; chmod 666 /etc/ferry/services/loose.conf'
+  expect_ok as op node1 ferry reload
+  lacks "loose"
+  expect_code 1 as op node1 ferry start loose
+  contains "the helper has not loaded it"
+  root_on node1 grep -q "loose.conf: mode 666: writable by group or others: service not loaded" /var/log/ferry-helper.log \
+    || fail "the helper did not log why it left loose.conf out"
+  root_on node1 rm -f /etc/ferry/services/loose.conf
 }
 
 t_failed_start_leaves_nothing_behind() {
