@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
-use ferry_core::config::FsConfig;
+use ferry_core::config::{FsConfig, ResourceConfig, ServiceConfig};
 use ferry_core::status::{ResourceStatus, State};
 use nix::mount::{umount2, MntFlags};
 use zbus::message::Header;
@@ -157,7 +157,31 @@ fn refuse_symlinked_path(mnt: &str) -> Result<()> {
     }
 }
 
-async fn mount(c: &FsConfig) -> Result<Vec<String>> {
+/// The service's volume groups must carry this node's tag before anything
+/// of it is mounted: Vg.Tag is where a node takes the disks over (after the
+/// address probe), and mounting must not go around it.
+async fn require_volume_groups_here(svc: &ServiceConfig, node: &str) -> Result<()> {
+    for r in &svc.resources {
+        if let ResourceConfig::Vg(vg) = &r.config {
+            let tags = crate::vg::tags(&vg.vgname).await?;
+            if !tags.iter().any(|t| t == node) {
+                return Err(HelperError::Busy(format!(
+                    "{} is not tagged {node} ({}): take the volume group ({}) before mounting",
+                    vg.vgname,
+                    if tags.is_empty() {
+                        "no tag".to_string()
+                    } else {
+                        format!("tagged {}", tags.join(", "))
+                    },
+                    r.rid
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn mount(svc: &ServiceConfig, node: &str, c: &FsConfig) -> Result<Vec<String>> {
     let Some(dev) = devno(&c.dev) else {
         return Err(HelperError::failed(format!("device {} not found", c.dev)));
     };
@@ -172,6 +196,7 @@ async fn mount(c: &FsConfig) -> Result<Vec<String>> {
         )));
     }
     refuse_symlinked_path(&c.mnt)?;
+    require_volume_groups_here(svc, node).await?;
     let mut log = Vec::new();
     if !Path::new(&c.mnt).exists() {
         std::fs::create_dir_all(&c.mnt)
@@ -270,7 +295,8 @@ impl FsObject {
     ) -> Result<Vec<String>> {
         let ctx = &self.ctx;
         ctx.privileged(conn, &header, "io.ferry.fs.mount", || async {
-            mount(&config(ctx)?).await
+            let (svc, c) = ctx.config::<FsConfig>()?;
+            mount(&svc, ctx.reg.node(), &c).await
         })
         .await
     }

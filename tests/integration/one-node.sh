@@ -37,6 +37,9 @@ t_busctl_from_a_plain_shell() {
   # a mutating method over busctl is still polkit's decision
   expect_code 1 as guest node1 dbus-send --system --print-reply --dest=io.ferry.Helper1 /io/ferry/Helper1/service/busybox/ip_231 io.ferry.Helper1.Ip.Add
   contains "Error io.ferry.Helper1.Error.NotAuthorized: uid 2103 is not authorized for io.ferry.ip.add"
+  # an operator may mount, but not around the volume group's tag
+  expect_code 1 as op node1 dbus-send --system --print-reply --dest=io.ferry.Helper1 /io/ferry/Helper1/service/busybox/fs_231 io.ferry.Helper1.Fs.Mount
+  contains "Error io.ferry.Helper1.Error.Busy: vgbusybox is not tagged node1 (no tag)"
   node_is_clean node1
 }
 

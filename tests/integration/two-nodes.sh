@@ -73,6 +73,12 @@ t_start_on_passive_node_is_refused() {
   ! node_has_mount node2 || fail "node2 mounted the shared fs"
   ! node_runs_dockerd node2 || fail "node2 started dockerd"
   ! node_has_vip node2 || fail "node2 kept the address"
+  # nor by going to the disks directly over the bus
+  expect_code 1 as op node2 dbus-send --system --print-reply --dest=io.ferry.Helper1 /io/ferry/Helper1/service/busybox/vg_231 io.ferry.Helper1.Vg.Tag
+  contains "Error io.ferry.Helper1.Error.Busy: vgbusybox is tagged by node1: the service may run there"
+  expect_code 1 as op node2 dbus-send --system --print-reply --dest=io.ferry.Helper1 /io/ferry/Helper1/service/busybox/fs_231 io.ferry.Helper1.Fs.Mount
+  contains "vgbusybox is not tagged node2 (tagged node1)"
+  ! node_has_mount node2 || fail "node2 mounted the shared fs"
   root_on node1 vgs --noheadings -o vg_tags vgbusybox | grep -q node1 || fail "node1 lost its vg tag"
   expect_ok as op node1 ferry status busybox --local
   contains "overall                   up"
