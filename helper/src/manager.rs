@@ -56,6 +56,33 @@ fn install(reg: &Registry, service: &str, text: &str) -> Result<String> {
     Ok(cfg.checksum())
 }
 
+/// A config is replaced only where the service is stopped: the helper
+/// finds what it mounted and started through the config, so changing it
+/// under a running service could leave mounts and addresses it no longer
+/// knows about. (Sync pushes from the node running the service to the
+/// others, so this costs nothing in normal use.)
+async fn refuse_while_running(reg: &Registry, service: &str) -> Result<()> {
+    let statuses = match crate::service::resource_statuses(reg, service).await {
+        Ok(s) => s,
+        Err(HelperError::UnknownService(_)) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let running: Vec<String> = statuses
+        .iter()
+        .filter(|s| s.state() != ferry_core::status::State::Down)
+        .map(|s| format!("{} is {}", s.rid, s.state))
+        .collect();
+    if running.is_empty() {
+        Ok(())
+    } else {
+        Err(HelperError::Busy(format!(
+            "service '{service}' is not stopped on {} ({}): its config is replaced only where it is down",
+            reg.node(),
+            running.join(", ")
+        )))
+    }
+}
+
 #[interface(name = "io.ferry.Helper1.Manager")]
 impl ManagerObject {
     async fn list_services(&self) -> Vec<String> {
@@ -85,6 +112,7 @@ impl ManagerObject {
             &service,
             "",
             || async {
+                refuse_while_running(&reg, &service).await?;
                 let sum = install(&reg, &service, &text)?;
                 reg.reload(server).await?;
                 Ok(sum)

@@ -65,6 +65,10 @@ t_guest_cannot_push_config() {
   expect_code 1 as op node2 sh -c 'printf "[DEFAULT]\nnodes = node1 node2\nbogus = 1\n" | ferry receive-config busybox'
   contains "bogus: unknown key"
   expect_ok as op node2 ferry status busybox --local
+  # nor where the service runs: the helper would lose track of what it started
+  expect_code 1 as op node1 sh -c 'ferry print config busybox | sed "s/^app = .*/app = CHANGED/" | ferry receive-config busybox'
+  contains "service 'busybox' is not stopped on node1"
+  root_on node1 grep -q "^app = FERRYLAB" $CONF || fail "node1's config was replaced"
 }
 
 t_start_on_passive_node_is_refused() {
