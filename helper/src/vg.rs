@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use ferry_core::config::{ResourceConfig, ServiceConfig, VgConfig};
+use ferry_core::dbus::CheckResult;
 use ferry_core::status::{ResourceStatus, State};
 use zbus::message::Header;
 use zbus::{interface, Connection};
@@ -73,16 +74,18 @@ pub async fn status(node: &str, rid: &str, c: &VgConfig) -> ResourceStatus {
     };
     let ours = st.tags.iter().any(|t| t == node);
     let others: Vec<&String> = st.tags.iter().filter(|t| *t != node).collect();
-    let active = st.lv_active == st.lv_count;
-    let mut s = match (ours, active && st.lv_count > 0, st.lv_active > 0) {
-        (true, _, _) if active => ResourceStatus::new(rid, State::Up, &c.vgname),
-        (true, _, _) => ResourceStatus::new(rid, State::Warn, &c.vgname).with_comment(format!(
+    let mut s = if ours && st.lv_active == st.lv_count {
+        ResourceStatus::new(rid, State::Up, &c.vgname)
+    } else if ours {
+        ResourceStatus::new(rid, State::Warn, &c.vgname).with_comment(format!(
             "{} of {} logical volumes active",
             st.lv_active, st.lv_count
-        )),
-        (false, _, true) => ResourceStatus::new(rid, State::Warn, &c.vgname)
-            .with_comment("logical volumes active without this node's tag"),
-        (false, _, false) => ResourceStatus::new(rid, State::Down, &c.vgname),
+        ))
+    } else if st.lv_active > 0 {
+        ResourceStatus::new(rid, State::Warn, &c.vgname)
+            .with_comment("logical volumes active without this node's tag")
+    } else {
+        ResourceStatus::new(rid, State::Down, &c.vgname)
     };
     if !others.is_empty() {
         let names: Vec<&str> = others.iter().map(|s| s.as_str()).collect();
@@ -272,10 +275,11 @@ async fn release(node: &str, c: &VgConfig) -> Result<Vec<String>> {
 
 #[interface(name = "io.ferry.Helper1.Vg")]
 impl VgObject {
-    async fn check(&self) -> Result<(String, String, Vec<String>)> {
+    async fn check(&self) -> Result<CheckResult> {
         let c = config(&self.ctx)?;
-        let s = status(self.ctx.reg.node(), &self.ctx.rid, &c).await;
-        Ok((s.state, s.label, s.comments))
+        Ok(status(self.ctx.reg.node(), &self.ctx.rid, &c)
+            .await
+            .into_check())
     }
 
     /// Drop other nodes' host tags and add this node's.
