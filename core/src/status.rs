@@ -91,6 +91,11 @@ impl ResourceStatus {
     pub fn state(&self) -> State {
         State::parse(&self.state).unwrap_or(State::Warn)
     }
+
+    /// The `(state, label, comments)` every resource's `Check` returns.
+    pub fn into_check(self) -> crate::dbus::CheckResult {
+        (self.state, self.label, self.comments)
+    }
 }
 
 /// A whole service on one node, as `ferry status` shows it.

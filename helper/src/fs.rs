@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ferry_core::config::{FsConfig, ResourceConfig, ServiceConfig};
+use ferry_core::dbus::CheckResult;
 use ferry_core::status::{ResourceStatus, State};
 use nix::mount::{umount2, MntFlags};
 use zbus::message::Header;
@@ -281,10 +282,9 @@ async fn unmount(c: &FsConfig) -> Result<Vec<String>> {
 
 #[interface(name = "io.ferry.Helper1.Fs")]
 impl FsObject {
-    async fn check(&self) -> Result<(String, String, Vec<String>)> {
+    async fn check(&self) -> Result<CheckResult> {
         let c = config(&self.ctx)?;
-        let s = status(&self.ctx.rid, &c).await;
-        Ok((s.state, s.label, s.comments))
+        Ok(status(&self.ctx.rid, &c).await.into_check())
     }
 
     /// Create a missing mountpoint, fsck (ext*), mount.

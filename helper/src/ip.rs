@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
 use std::time::Duration;
 
 use ferry_core::config::IpConfig;
+use ferry_core::dbus::CheckResult;
 use ferry_core::status::{ResourceStatus, State};
 use nix::ifaddrs::getifaddrs;
 use zbus::message::Header;
@@ -199,10 +200,9 @@ async fn remove(ctx: &ResCtx) -> Result<Vec<String>> {
 #[interface(name = "io.ferry.Helper1.Ip")]
 impl IpObject {
     /// `(state, label, comments)`.
-    async fn check(&self) -> Result<(String, String, Vec<String>)> {
+    async fn check(&self) -> Result<CheckResult> {
         let c = config(&self.ctx)?;
-        let s = status(&self.ctx.rid, &c).await;
-        Ok((s.state, s.label, s.comments))
+        Ok(status(&self.ctx.rid, &c).await.into_check())
     }
 
     /// Probe the wire for the address (AddressInUse when another host

@@ -13,7 +13,7 @@ pub mod passthrough;
 use std::collections::HashMap;
 
 use ferry_core::config::{ContainerConfig, ServiceConfig};
-use ferry_core::dbus::DOCKER_ALLOWED;
+use ferry_core::dbus::{CheckResult, DOCKER_ALLOWED};
 use ferry_core::status::ResourceStatus;
 use zbus::message::Header;
 use zbus::{interface, Connection, OwnedFd};
@@ -78,10 +78,9 @@ async fn caller_gone(conn: &Connection, sender: &str) {
 
 #[interface(name = "io.ferry.Helper1.Container")]
 impl ContainerObject {
-    async fn check(&self) -> Result<(String, String, Vec<String>)> {
+    async fn check(&self) -> Result<CheckResult> {
         let (svc, c) = config(&self.ctx)?;
-        let s = status(&svc, &self.ctx.rid, &c).await;
-        Ok((s.state, s.label, s.comments))
+        Ok(status(&svc, &self.ctx.rid, &c).await.into_check())
     }
 
     /// Start the service's private containerd and dockerd (data root on the
