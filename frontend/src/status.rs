@@ -35,7 +35,7 @@ pub async fn service_status(
 pub async fn cluster(h: &Helper, cfg: &ServiceConfig, here: &str) -> Result<String> {
     let peers = Peers::new()?;
     let local = service_status(h, cfg, here, false).await;
-    let remote = crate::sync::join_all(
+    let remote = futures_util::future::join_all(
         cfg.nodes
             .iter()
             .filter(|n| n.as_str() != here)

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ferry_core::config::{in_schedule, ServiceConfig};
 use ferry_core::status::{ResourceStatus, State};
+use futures_util::future::join_all;
 
 use crate::client::Helper;
 use crate::error::{FerryError, Result};
@@ -48,34 +49,6 @@ async fn peer_states(
         }
     });
     join_all(checks).await
-}
-
-/// Run futures concurrently on this task (the runtime is single-threaded).
-pub async fn join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let futs: Vec<_> = futs.map(Box::pin).collect();
-    let mut results: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    let mut futs: Vec<Option<_>> = futs.into_iter().map(Some).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, slot) in futs.iter_mut().enumerate() {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        results[i] = Some(v);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    results.into_iter().flatten().collect()
 }
 
 /// The `sync` branch of the status tree: n/a on a single node.
