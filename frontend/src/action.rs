@@ -31,10 +31,16 @@ pub fn select<'a>(cfg: &'a ServiceConfig, rids: &[String]) -> Result<Vec<&'a Res
         .collect())
 }
 
-pub async fn start(h: &Helper, cfg: &ServiceConfig, rids: &[String], log: &Log) -> Result<()> {
+/// `node`: this node's name, as its helper knows it.
+pub async fn start(
+    h: &Helper,
+    cfg: &ServiceConfig,
+    node: &str,
+    rids: &[String],
+    log: &Log,
+) -> Result<()> {
     let selected = select(cfg, rids)?;
-    let node = h.node_name().await?;
-    if !cfg.nodes.contains(&node) {
+    if !cfg.nodes.iter().any(|n| n == node) {
         return Err(FerryError::Usage(format!(
             "{node} is not one of the nodes of '{}' ({}): refusing to start it here",
             cfg.name,

@@ -219,8 +219,9 @@ async fn run(cli: Cli) -> Result<i32> {
         Cmd::Start { service, rid, lock } => {
             let h = Helper::connect().await?;
             let cfg = h.config(&service).await?;
-            let _lock = lock.take(&service, &h.node_name().await?).await?;
-            action::start(&h, &cfg, &rid, &Log::new(&service))
+            let node = h.node_name().await?;
+            let _lock = lock.take(&service, &node).await?;
+            action::start(&h, &cfg, &node, &rid, &Log::new(&service))
                 .await
                 .map(|_| 0)
         }

@@ -36,7 +36,7 @@ pub async fn local(
         };
     }
     match verb {
-        "start" => action::start(h, cfg, &[], log).await,
+        "start" => action::start(h, cfg, here, &[], log).await,
         _ => action::stop(h, cfg, &[], log).await,
     }
 }
