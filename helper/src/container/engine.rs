@@ -591,7 +591,7 @@ mod tests {
     #[test]
     fn create_request() {
         let b = create_body("local/busybox:date", 10);
-        let v = serde_json::to_value(&b).unwrap();
+        let v = serde_json::to_value(&b).expect("the create body serializes");
         assert_eq!(v["Image"], "local/busybox:date");
         assert_eq!(v["HostConfig"]["NetworkMode"], "host");
         assert_eq!(v["HostConfig"]["Init"], true);
