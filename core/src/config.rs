@@ -96,6 +96,47 @@ pub struct ContainerConfig {
     pub stop_timeout: u32,
 }
 
+/// A sanlock disk lease: the shared storage itself says which node may use
+/// the service's disks. The area at `dev` from `offset` holds the lockspace
+/// (1 MiB) and then the service's resource lease (1 MiB); it must lie
+/// outside any filesystem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseConfig {
+    pub dev: String,
+    pub offset: u64,
+    /// sanlock's io_timeout in seconds: 10 suits a SAN; the lab uses 1.
+    pub io_timeout: u32,
+}
+
+/// The size of each of the two parts of a lease area.
+pub const LEASE_PART_BYTES: u64 = 1024 * 1024;
+/// Default sanlock io_timeout (seconds).
+pub const DEFAULT_LEASE_IO_TIMEOUT: u32 = 10;
+/// sanlock allows host ids 1..=2000.
+pub const MAX_HOST_ID: u64 = 2000;
+
+impl LeaseConfig {
+    /// The lockspace name for a service: sanlock names hold at most 47
+    /// bytes, service names up to 64, so long names keep a prefix and a
+    /// hash that stays unique.
+    pub fn lockspace(service: &str) -> String {
+        let name = format!("ferry-{service}");
+        if name.len() <= 47 {
+            name
+        } else {
+            format!("ferry-{}-{}", &service[..24], &checksum(service)[..16])
+        }
+    }
+
+    /// The service's resource lease inside its lockspace.
+    pub const RESOURCE: &'static str = "service";
+
+    /// Where the resource lease starts.
+    pub fn resource_offset(&self) -> u64 {
+        self.offset + LEASE_PART_BYTES
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncConfig {
     /// Windows `(start, end)` in minutes since midnight, local time; empty = always.
@@ -106,6 +147,7 @@ pub struct SyncConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ResourceConfig {
     Ip(IpConfig),
+    Lease(LeaseConfig),
     Vg(VgConfig),
     Fs(FsConfig),
     Container(ContainerConfig),
@@ -115,6 +157,7 @@ pub enum ResourceConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Kind {
     Ip,
+    Lease,
     Vg,
     Fs,
     Container,
@@ -124,6 +167,7 @@ impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Ip => "ip",
+            Kind::Lease => "lease",
             Kind::Vg => "vg",
             Kind::Fs => "fs",
             Kind::Container => "container",
@@ -132,6 +176,7 @@ impl Kind {
     pub fn from_prefix(s: &str) -> Option<Kind> {
         match s {
             "ip" => Some(Kind::Ip),
+            "lease" => Some(Kind::Lease),
             "vg" => Some(Kind::Vg),
             "fs" => Some(Kind::Fs),
             "container" => Some(Kind::Container),
@@ -161,6 +206,7 @@ macro_rules! kind_config {
     };
 }
 kind_config!(IpConfig, Ip);
+kind_config!(LeaseConfig, Lease);
 kind_config!(VgConfig, Vg);
 kind_config!(FsConfig, Fs);
 kind_config!(ContainerConfig, Container);
@@ -175,6 +221,7 @@ impl Resource {
     pub fn kind(&self) -> Kind {
         match self.config {
             ResourceConfig::Ip(_) => Kind::Ip,
+            ResourceConfig::Lease(_) => Kind::Lease,
             ResourceConfig::Vg(_) => Kind::Vg,
             ResourceConfig::Fs(_) => Kind::Fs,
             ResourceConfig::Container(_) => Kind::Container,
@@ -429,6 +476,7 @@ const DEFAULT_KEYS: &[&str] = &[
 ];
 const IP_KEYS: &[&str] = &["ipdev", "ipname", "netmask", "probe_ms"];
 const VG_KEYS: &[&str] = &["vgname", "scsireserv"];
+const LEASE_KEYS: &[&str] = &["dev", "offset", "io_timeout"];
 const FS_KEYS: &[&str] = &["dev", "mnt", "type", "mnt_opt"];
 const CONTAINER_KEYS: &[&str] = &["type", "run_image", "stop_timeout"];
 const SYNC_KEYS: &[&str] = &["schedule"];
@@ -625,6 +673,7 @@ pub fn parse_service(file: &str, text: &str) -> Result<ServiceConfig, ConfigErro
                 {
                     match kind {
                         "ip" => IP_KEYS,
+                        "lease" => LEASE_KEYS,
                         "vg" => VG_KEYS,
                         "fs" => FS_KEYS,
                         "container" => CONTAINER_KEYS,
@@ -633,7 +682,7 @@ pub fn parse_service(file: &str, text: &str) -> Result<ServiceConfig, ConfigErro
                             ck.err(
                                 sec,
                                 None,
-                                format!("unknown section: '{kind}' is not a resource kind (ip, vg, fs, container, sync)"),
+                                format!("unknown section: '{kind}' is not a resource kind (ip, lease, vg, fs, container, sync)"),
                             );
                             continue;
                         }
@@ -762,6 +811,36 @@ pub fn parse_service(file: &str, text: &str) -> Result<ServiceConfig, ConfigErro
                     })),
                     _ => None,
                 }
+            }
+            "lease" => {
+                let dev = s.required(&mut ck, "dev");
+                let dev = s.not_option(&mut ck, "dev", dev);
+                if let Some(d) = &dev {
+                    if !is_absolute_clean(d) {
+                        ck.err(
+                            &s.name,
+                            Some("dev"),
+                            format!("'{d}' must be an absolute device path"),
+                        );
+                    }
+                }
+                let offset = s.number::<u64>(&mut ck, "offset", 0, (0, u64::MAX / 2));
+                if offset % LEASE_PART_BYTES != 0 {
+                    ck.err(
+                        &s.name,
+                        Some("offset"),
+                        format!("{offset} is not a multiple of 1 MiB ({LEASE_PART_BYTES} bytes)"),
+                    );
+                }
+                let io_timeout =
+                    s.number::<u32>(&mut ck, "io_timeout", DEFAULT_LEASE_IO_TIMEOUT, (1, 300));
+                dev.map(|dev| {
+                    ResourceConfig::Lease(LeaseConfig {
+                        dev,
+                        offset,
+                        io_timeout,
+                    })
+                })
             }
             "vg" => {
                 let vgname = s.required(&mut ck, "vgname");
@@ -908,6 +987,37 @@ pub fn parse_service(file: &str, text: &str) -> Result<ServiceConfig, ConfigErro
             );
         }
     }
+    // One lease per service, outside every filesystem of it.
+    let leases: Vec<(&str, &LeaseConfig)> = resources
+        .iter()
+        .filter_map(|r| match &r.config {
+            ResourceConfig::Lease(l) => Some((r.rid.as_str(), l)),
+            _ => None,
+        })
+        .collect();
+    if let [_, (second, _), ..] = leases.as_slice() {
+        ck.err(
+            second,
+            None,
+            format!("a service has at most one lease ([{}] is one)", leases[0].0),
+        );
+    }
+    for (rid, l) in &leases {
+        for r in &resources {
+            if let ResourceConfig::Fs(fs) = &r.config {
+                if fs.dev == l.dev {
+                    ck.err(
+                        rid,
+                        Some("dev"),
+                        format!(
+                            "'{}' is also the device of [{}]: the lease area must lie outside any filesystem",
+                            l.dev, r.rid
+                        ),
+                    );
+                }
+            }
+        }
+    }
     if docker_data_dir.is_none() && resources.iter().any(|r| r.kind() == Kind::Container) {
         // Allowed: the host's own docker daemon is used.
     }
@@ -942,6 +1052,24 @@ fn start_key(r: &Resource) -> (Kind, usize, String) {
     (r.kind(), depth, r.rid.clone())
 }
 
+/// What is valid but unwise in a config: said by `ferry validate`, not an
+/// error.
+pub fn warnings(cfg: &ServiceConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    let shared = cfg
+        .resources
+        .iter()
+        .any(|r| matches!(r.kind(), Kind::Vg | Kind::Fs));
+    if shared && !cfg.resources.iter().any(|r| r.kind() == Kind::Lease) {
+        out.push(format!(
+            "service '{}' has no [lease#…]: its address probe and VG tag are its only guards \
+             against mounting its disks on two nodes at once",
+            cfg.name
+        ));
+    }
+    out
+}
+
 /// Load and validate a config file from disk.
 pub fn load_service(path: &Path) -> Result<ServiceConfig, ConfigErrors> {
     let file = path.display().to_string();
@@ -966,6 +1094,23 @@ pub struct NodeConfig {
     pub remote_mode: BTreeMap<String, RemoteMode>,
     pub default_remote_mode: RemoteMode,
     pub ssh_connect_timeout: u32,
+    /// This node's sanlock host id (unique in the cluster), for leases.
+    pub host_id: Option<u64>,
+    /// Other nodes' host ids (`[peer NAME] host_id`), to name a lease holder.
+    pub peer_host_ids: BTreeMap<String, u64>,
+}
+
+impl NodeConfig {
+    /// The node whose host id is `id`, as far as this node's config knows.
+    pub fn node_of_host_id(&self, id: u64, this_node: &str) -> Option<String> {
+        if self.host_id == Some(id) {
+            return Some(this_node.to_string());
+        }
+        self.peer_host_ids
+            .iter()
+            .find(|(_, h)| **h == id)
+            .map(|(n, _)| n.clone())
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -977,7 +1122,7 @@ pub enum RemoteMode {
     Sudo,
 }
 
-const NODE_SECTION_KEYS: &[&str] = &["nodename", "remote", "ssh_connect_timeout"];
+const NODE_SECTION_KEYS: &[&str] = &["nodename", "remote", "ssh_connect_timeout", "host_id"];
 
 pub fn parse_node_config(file: &str, text: &str) -> Result<NodeConfig, ConfigErrors> {
     let mut ck = Checker {
@@ -1033,6 +1178,19 @@ pub fn parse_node_config(file: &str, text: &str) -> Result<NodeConfig, ConfigErr
                         format!("'{v}' is not a number of seconds from 1 to 120"),
                     ),
                 },
+                ("host_id", _) => match v.parse::<u64>() {
+                    Ok(id) if (1..=MAX_HOST_ID).contains(&id) => match &node {
+                        None => cfg.host_id = Some(id),
+                        Some(n) => {
+                            cfg.peer_host_ids.insert(n.clone(), id);
+                        }
+                    },
+                    _ => ck.err(
+                        sec,
+                        Some(k),
+                        format!("'{v}' is not a sanlock host id from 1 to {MAX_HOST_ID}"),
+                    ),
+                },
                 ("remote", _) => {
                     let mode = match v {
                         "ssh" => RemoteMode::Ssh,
@@ -1055,6 +1213,21 @@ pub fn parse_node_config(file: &str, text: &str) -> Result<NodeConfig, ConfigErr
                     format!("unknown key (known keys: {})", NODE_SECTION_KEYS.join(", ")),
                 ),
             }
+        }
+    }
+    // Two nodes with one host id would take each other's leases.
+    let mut ids: BTreeMap<u64, String> = BTreeMap::new();
+    if let Some(id) = cfg.host_id {
+        ids.insert(id, "[node]".into());
+    }
+    for (peer, id) in &cfg.peer_host_ids {
+        let sec = format!("peer {peer}");
+        if let Some(first) = ids.insert(*id, format!("[{sec}]")) {
+            ck.err(
+                &sec,
+                Some("host_id"),
+                format!("host id {id} is already the one of {first}: host ids must be unique"),
+            );
         }
     }
     if ck.errors.is_empty() {
@@ -1167,6 +1340,71 @@ schedule = 03:59-05:59
             Ok(_) => vec![],
             Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn lease_starts_after_the_address_and_before_the_disks() {
+        let text = format!("{SEED}\n[lease#1]\ndev = /dev/loop9\nio_timeout = 1\n");
+        let c = parse_service("/x/busybox.conf", &text).expect("valid");
+        let order: Vec<&str> = c.resources.iter().map(|r| r.rid.as_str()).collect();
+        assert_eq!(
+            order,
+            ["ip#1", "lease#1", "vg#1", "fs#1", "fs#2", "container#1"]
+        );
+        let Some(ResourceConfig::Lease(l)) = c.resource("lease#1").map(|r| r.config.clone()) else {
+            panic!("lease#1 is a lease");
+        };
+        assert_eq!(
+            (l.offset, l.resource_offset(), l.io_timeout),
+            (0, 1 << 20, 1)
+        );
+        assert!(warnings(&c).is_empty());
+        let without = parse_service("/x/busybox.conf", SEED).expect("valid");
+        assert!(warnings(&without)[0].contains("no [lease#"));
+    }
+
+    #[test]
+    fn lease_errors() {
+        let text = format!(
+            "{SEED}\n[lease#1]\ndev = /dev/loop0\noffset = 1000\n[lease#2]\ndev = /dev/loop8\n"
+        );
+        let e = errors(&text);
+        assert!(
+            e.iter()
+                .any(|e| e.contains("[lease#1] offset: 1000 is not a multiple of 1 MiB")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|e| e.contains("also the device of [fs#1]")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|e| e.contains("[lease#2]: a service has at most one lease")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn lockspace_names_fit_sanlock() {
+        assert_eq!(LeaseConfig::lockspace("busybox"), "ferry-busybox");
+        let long = "a".repeat(64);
+        let ls = LeaseConfig::lockspace(&long);
+        assert!(ls.len() <= 47, "{ls}");
+        assert_ne!(ls, LeaseConfig::lockspace(&format!("{}b", &long[..63])));
+    }
+
+    #[test]
+    fn host_ids_are_unique_and_in_range() {
+        let ok =
+            parse_node_config("f", "[node]\nhost_id = 1\n[peer n2]\nhost_id = 2\n").expect("valid");
+        assert_eq!(ok.host_id, Some(1));
+        assert_eq!(ok.node_of_host_id(2, "n1").as_deref(), Some("n2"));
+        assert_eq!(ok.node_of_host_id(1, "n1").as_deref(), Some("n1"));
+        let dup = parse_node_config("f", "[node]\nhost_id = 1\n[peer n2]\nhost_id = 1\n");
+        assert!(dup.is_err_and(|e| e.to_string().contains("already the one of [node]")));
+        assert!(parse_node_config("f", "[node]\nhost_id = 2001\n").is_err());
+        assert!(parse_node_config("f", "[node]\nhost_id = 0\n").is_err());
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub mod errors {
     pub const INVALID_ARGUMENT: &str = "io.ferry.Helper1.Error.InvalidArgument";
     pub const INVALID_CONFIG: &str = "io.ferry.Helper1.Error.InvalidConfig";
     pub const ADDRESS_IN_USE: &str = "io.ferry.Helper1.Error.AddressInUse";
+    pub const LEASE_HELD: &str = "io.ferry.Helper1.Error.LeaseHeld";
+    pub const OUT_OF_ORDER: &str = "io.ferry.Helper1.Error.OutOfOrder";
     pub const DAEMON_NOT_RUNNING: &str = "io.ferry.Helper1.Error.DaemonNotRunning";
     pub const BUSY: &str = "io.ferry.Helper1.Error.Busy";
     pub const FAILED: &str = "io.ferry.Helper1.Error.Failed";
@@ -57,6 +59,7 @@ pub fn resource_path(service: &str, rid: &str) -> String {
 pub fn resource_iface(kind: crate::config::Kind) -> &'static str {
     match kind {
         crate::config::Kind::Ip => "io.ferry.Helper1.Ip",
+        crate::config::Kind::Lease => "io.ferry.Helper1.Lease",
         crate::config::Kind::Vg => "io.ferry.Helper1.Vg",
         crate::config::Kind::Fs => "io.ferry.Helper1.Fs",
         crate::config::Kind::Container => "io.ferry.Helper1.Container",
@@ -121,6 +124,30 @@ pub trait Ip {
     fn add(&self) -> zbus::Result<Vec<String>>;
     fn announce(&self) -> zbus::Result<Vec<String>>;
     fn remove(&self) -> zbus::Result<Vec<String>>;
+    #[zbus(property)]
+    fn rid(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn settings(&self) -> zbus::Result<HashMap<String, String>>;
+}
+
+/// The service's sanlock disk lease.
+#[proxy(
+    interface = "io.ferry.Helper1.Lease",
+    default_service = "io.ferry.Helper1"
+)]
+pub trait Lease {
+    /// `(state, label, comments)`: up = held here, down = free, warn = held
+    /// by another node (named in the comments).
+    fn check(&self) -> zbus::Result<CheckResult>;
+    /// Write a fresh lockspace and resource lease on the area. Refused while
+    /// any node holds the lease or the lockspace is in use.
+    fn init(&self) -> zbus::Result<Vec<String>>;
+    /// Take the lease (persistent, refused at once when another node holds
+    /// it).
+    fn acquire(&self) -> zbus::Result<Vec<String>>;
+    /// Give the lease back: refused while anything of the service on shared
+    /// storage is still up on this node.
+    fn release(&self) -> zbus::Result<Vec<String>>;
     #[zbus(property)]
     fn rid(&self) -> zbus::Result<String>;
     #[zbus(property)]

@@ -71,6 +71,30 @@ fn good_config_validates() {
         stdout.contains("ok (service busybox, 4 resources"),
         "{stdout}"
     );
+    // valid, but with nothing but the address and the tag to keep it on
+    // one node at a time
+    assert!(
+        stdout.contains("warning: service 'busybox' has no [lease#…]"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_config_with_a_lease_validates_without_warning() {
+    let path = repo().join("tests/configs/good-lease/busybox.conf");
+    let out = ferry(&["validate", &path.display().to_string()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ok (service busybox, 5 resources"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("warning"), "{stdout}");
 }
 
 #[test]
