@@ -92,7 +92,7 @@ impl ManagerObject {
     /// Re-read the config directory (configs are root-owned files: reading
     /// them again grants nothing).
     async fn reload(&self, #[zbus(object_server)] server: &ObjectServer) -> Result<Vec<String>> {
-        self.reg.reload(server).await
+        crate::export::reload(&self.reg, server).await
     }
 
     async fn install_config(
@@ -114,7 +114,7 @@ impl ManagerObject {
             || async {
                 refuse_while_running(&reg, &service).await?;
                 let sum = install(&reg, &service, &text)?;
-                reg.reload(server).await?;
+                crate::export::reload(&reg, server).await?;
                 Ok(sum)
             },
         )

@@ -1,28 +1,22 @@
 //! What the helper knows: the validated service configs read from its
-//! root-owned directory, the objects exported for them, and one lock per
-//! service that serializes mutating actions.
+//! root-owned directory, and one lock per service that serializes mutating
+//! actions. It knows no driver: exporting objects is `export`'s job.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex, RwLock};
 
-use ferry_core::config::{self, Kind, KindConfig, Resource, ServiceConfig};
-use ferry_core::dbus::{resource_path, service_path};
+use ferry_core::config::{self, NodeConfig, ServiceConfig};
 use tokio::sync::{Mutex, OwnedMutexGuard};
-use tracing::{error, info};
-use zbus::object_server::ObjectServer;
+use tracing::error;
 use zbus_polkit::policykit1::AuthorityProxy;
 
-use crate::container::ContainerObject;
 use crate::error::{HelperError, Result};
-use crate::fs::FsObject;
-use crate::ip::IpObject;
-use crate::service::ServiceObject;
-use crate::vg::VgObject;
 
 pub struct Registry {
     dir: PathBuf,
     node: String,
+    node_conf: NodeConfig,
     authority: AuthorityProxy<'static>,
     services: RwLock<BTreeMap<String, Arc<ServiceConfig>>>,
     locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
@@ -30,50 +24,12 @@ pub struct Registry {
     reload: Mutex<()>,
 }
 
-/// What every resource object carries: which service and rid it stands for.
-/// The config itself is looked up at each call, so a reload takes effect.
-#[derive(Clone)]
-pub struct ResCtx {
-    pub reg: Arc<Registry>,
-    pub service: String,
-    pub rid: String,
-}
-
-impl ResCtx {
-    pub fn service_config(&self) -> Result<Arc<ServiceConfig>> {
-        self.reg.service(&self.service)
-    }
-
-    /// The service's config and this resource's own settings.
-    pub fn config<T: KindConfig>(&self) -> Result<(Arc<ServiceConfig>, T)> {
-        let (svc, res) = self.resource()?;
-        let c = T::from_resource(res.config).ok_or_else(|| {
-            HelperError::failed(format!(
-                "{} is not a {} resource",
-                self.rid,
-                T::KIND.as_str()
-            ))
-        })?;
-        Ok((svc, c))
-    }
-
-    pub fn resource(&self) -> Result<(Arc<ServiceConfig>, Resource)> {
-        let svc = self.service_config()?;
-        let res = svc.resource(&self.rid).cloned().ok_or_else(|| {
-            HelperError::UnknownService(format!(
-                "service '{}' has no resource {} any more",
-                self.service, self.rid
-            ))
-        })?;
-        Ok((svc, res))
-    }
-}
-
 impl Registry {
-    pub fn new(dir: PathBuf, node: String, authority: AuthorityProxy<'static>) -> Self {
+    pub fn new(dir: PathBuf, node_conf: NodeConfig, authority: AuthorityProxy<'static>) -> Self {
         Registry {
             dir,
-            node,
+            node: node_conf.node_name(),
+            node_conf,
             authority,
             services: RwLock::new(BTreeMap::new()),
             locks: StdMutex::new(HashMap::new()),
@@ -87,6 +43,11 @@ impl Registry {
 
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// This node's settings from ferry.conf (host ids for leases).
+    pub fn node_conf(&self) -> &NodeConfig {
+        &self.node_conf
     }
 
     pub fn authority(&self) -> &AuthorityProxy<'static> {
@@ -160,60 +121,27 @@ impl Registry {
         found
     }
 
-    /// Re-read the configs and make the exported objects match them.
-    pub async fn reload(self: &Arc<Self>, server: &ObjectServer) -> Result<Vec<String>> {
-        let _serial = self.reload.lock().await;
-        let new = self.read_dir();
-        let old = self
-            .services
-            .read()
-            .map_err(|_| HelperError::failed("registry lock poisoned"))?
-            .clone();
-        for (name, cfg) in &old {
-            if new.get(name).map(|n| n.text != cfg.text).unwrap_or(true) {
-                unexport(server, cfg).await;
-            }
-        }
-        *self
-            .services
-            .write()
-            .map_err(|_| HelperError::failed("registry lock poisoned"))? = new.clone();
-        for (name, cfg) in &new {
-            if old.get(name).map(|o| o.text != cfg.text).unwrap_or(true) {
-                self.export(server, cfg).await?;
-                info!(service = %name, checksum = %cfg.checksum(), "service loaded");
-            }
-        }
-        Ok(new.keys().cloned().collect())
+    /// Held while the services are replaced and re-exported, so two reloads
+    /// never interleave their exports.
+    pub async fn reload_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.reload.lock().await
     }
 
-    async fn export(self: &Arc<Self>, server: &ObjectServer, cfg: &ServiceConfig) -> Result<()> {
-        let path = service_path(&cfg.name);
-        server
-            .at(
-                path.as_str(),
-                ServiceObject {
-                    reg: self.clone(),
-                    service: cfg.name.clone(),
-                },
-            )
-            .await?;
-        for r in &cfg.resources {
-            let ctx = ResCtx {
-                reg: self.clone(),
-                service: cfg.name.clone(),
-                rid: r.rid.clone(),
-            };
-            let path = resource_path(&cfg.name, &r.rid);
-            let path = path.as_str();
-            match r.kind() {
-                Kind::Ip => drop(server.at(path, IpObject { ctx }).await?),
-                Kind::Vg => drop(server.at(path, VgObject { ctx }).await?),
-                Kind::Fs => drop(server.at(path, FsObject { ctx }).await?),
-                Kind::Container => drop(server.at(path, ContainerObject { ctx }).await?),
-            };
-        }
-        Ok(())
+    /// Re-read the directory and put what it holds in place: `(old, new)`.
+    #[allow(clippy::type_complexity)]
+    pub fn swap_services(
+        &self,
+    ) -> Result<(
+        BTreeMap<String, Arc<ServiceConfig>>,
+        BTreeMap<String, Arc<ServiceConfig>>,
+    )> {
+        let new = self.read_dir();
+        let mut services = self
+            .services
+            .write()
+            .map_err(|_| HelperError::failed("registry lock poisoned"))?;
+        let old = std::mem::replace(&mut *services, new.clone());
+        Ok((old, new))
     }
 }
 
@@ -235,51 +163,4 @@ fn trusted_file(path: &Path) -> std::result::Result<(), String> {
         ));
     }
     Ok(())
-}
-
-async fn unexport(server: &ObjectServer, cfg: &ServiceConfig) {
-    for r in &cfg.resources {
-        let path = resource_path(&cfg.name, &r.rid);
-        let path = path.as_str();
-        let removed = match r.kind() {
-            Kind::Ip => server.remove::<IpObject, _>(path).await,
-            Kind::Vg => server.remove::<VgObject, _>(path).await,
-            Kind::Fs => server.remove::<FsObject, _>(path).await,
-            Kind::Container => server.remove::<ContainerObject, _>(path).await,
-        };
-        if let Err(e) = removed {
-            error!("cannot unexport {path}: {e}");
-        }
-    }
-    let path = service_path(&cfg.name);
-    if let Err(e) = server.remove::<ServiceObject, _>(path.as_str()).await {
-        error!("cannot unexport {path}: {e}");
-    }
-}
-
-impl ResCtx {
-    /// Run a mutating method body behind polkit and the audit log
-    /// (see [`crate::auth::privileged`]).
-    pub async fn privileged<T, F, Fut>(
-        &self,
-        conn: &zbus::Connection,
-        header: &zbus::message::Header<'_>,
-        action: &str,
-        body: F,
-    ) -> Result<T>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<T>>,
-    {
-        crate::auth::privileged(
-            &self.reg,
-            conn,
-            header,
-            action,
-            &self.service,
-            &self.rid,
-            body,
-        )
-        .await
-    }
 }
