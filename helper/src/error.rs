@@ -17,6 +17,11 @@ pub enum HelperError {
     /// Another host answers for the service address: the service may be
     /// running elsewhere.
     AddressInUse(String),
+    /// Another node holds the service's disk lease.
+    LeaseHeld(String),
+    /// The resource may not change state now: the order of the service's
+    /// resources forbids it (the message says which resource and why).
+    OutOfOrder(String),
     /// The service's docker daemon is not running.
     DaemonNotRunning(String),
     /// The resource is in use and could not be released.
@@ -41,6 +46,8 @@ impl HelperError {
             HelperError::InvalidArgument(_) => "InvalidArgument",
             HelperError::InvalidConfig(_) => "InvalidConfig",
             HelperError::AddressInUse(_) => "AddressInUse",
+            HelperError::LeaseHeld(_) => "LeaseHeld",
+            HelperError::OutOfOrder(_) => "OutOfOrder",
             HelperError::DaemonNotRunning(_) => "DaemonNotRunning",
             HelperError::Busy(_) => "Busy",
             HelperError::Failed(_) => "Failed",
@@ -55,6 +62,8 @@ impl HelperError {
             | HelperError::InvalidArgument(m)
             | HelperError::InvalidConfig(m)
             | HelperError::AddressInUse(m)
+            | HelperError::LeaseHeld(m)
+            | HelperError::OutOfOrder(m)
             | HelperError::DaemonNotRunning(m)
             | HelperError::Busy(m)
             | HelperError::Failed(m) => m.clone(),

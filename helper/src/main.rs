@@ -9,11 +9,16 @@ mod arp;
 mod auth;
 mod cmd;
 mod container;
+mod ctx;
 mod error;
+mod export;
 mod fs;
+mod guard;
 mod ip;
+mod lease;
 mod manager;
 mod registry;
+mod sanlock;
 mod service;
 mod vg;
 
@@ -73,9 +78,8 @@ async fn run() -> Result<(), String> {
     let node_conf = std::env::var_os("FERRY_NODE_CONFIG")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_NODE_CONFIG));
-    let node = NodeConfig::load(&node_conf)
-        .map_err(|e| e.to_string())?
-        .node_name();
+    let node_conf = NodeConfig::load(&node_conf).map_err(|e| e.to_string())?;
+    let node = node_conf.node_name();
     let dir = services_dir();
     make_lock_dir()?;
 
@@ -86,7 +90,7 @@ async fn run() -> Result<(), String> {
     let authority = AuthorityProxy::new(&conn)
         .await
         .map_err(|e| format!("polkit authority: {e}"))?;
-    let reg = Arc::new(Registry::new(dir.clone(), node.clone(), authority));
+    let reg = Arc::new(Registry::new(dir.clone(), node_conf, authority));
 
     // Objects first, then the name: a caller that sees the name finds them.
     let server = conn.object_server();
@@ -98,7 +102,9 @@ async fn run() -> Result<(), String> {
         .at(ROOT_PATH, ManagerObject { reg: reg.clone() })
         .await
         .map_err(|e| e.to_string())?;
-    let services = reg.reload(server).await.map_err(|e| e.message())?;
+    let services = export::reload(&reg, server)
+        .await
+        .map_err(|e| e.message())?;
     conn.request_name(BUS_NAME).await.map_err(|e| {
         format!("cannot own {BUS_NAME}: {e} (is the bus policy installed, and are we root?)")
     })?;

@@ -21,6 +21,7 @@ pub async fn resource_statuses(reg: &Registry, service: &str) -> Result<Vec<Reso
     for r in &svc.resources {
         out.push(match &r.config {
             ResourceConfig::Ip(c) => crate::ip::status(&r.rid, c).await,
+            ResourceConfig::Lease(c) => crate::lease::status(reg, &svc, &r.rid, c).await,
             ResourceConfig::Vg(c) => crate::vg::status(reg.node(), &r.rid, c).await,
             ResourceConfig::Fs(c) => crate::fs::status(&r.rid, c).await,
             ResourceConfig::Container(c) => crate::container::status(&svc, &r.rid, c).await,

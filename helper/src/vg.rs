@@ -7,15 +7,15 @@
 
 use std::collections::HashMap;
 
-use ferry_core::config::{ResourceConfig, ServiceConfig, VgConfig};
+use ferry_core::config::VgConfig;
 use ferry_core::dbus::CheckResult;
 use ferry_core::status::{ResourceStatus, State};
 use zbus::message::Header;
 use zbus::{interface, Connection};
 
 use crate::cmd;
+use crate::ctx::ResCtx;
 use crate::error::{HelperError, Result};
-use crate::registry::ResCtx;
 
 pub struct VgObject {
     pub ctx: ResCtx,
@@ -104,40 +104,23 @@ async fn vgchange(log: &mut Vec<String>, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Does this node hold the volume group: its tag, or any active LV?
+pub async fn held_here(node: &str, c: &VgConfig) -> Result<bool> {
+    let st = vg_state(&c.vgname).await?;
+    Ok(st.tags.iter().any(|t| t == node) || st.lv_active > 0)
+}
+
 /// The tags on the volume group.
 pub async fn tags(vg: &str) -> Result<Vec<String>> {
     Ok(vg_state(vg).await?.tags)
 }
 
-/// Dropping another node's tag is a takeover. It is allowed only once this
-/// node holds the service's address, i.e. won the free-address probe: no
-/// caller can skip the guard against running the service twice by going
-/// straight to the disks.
-async fn require_address_here(svc: &ServiceConfig, vg: &str, owners: &[&String]) -> Result<()> {
-    for r in &svc.resources {
-        if let ResourceConfig::Ip(ip) = &r.config {
-            if crate::ip::status(&r.rid, ip).await.state() != State::Up {
-                let owners: Vec<&str> = owners.iter().map(|s| s.as_str()).collect();
-                return Err(HelperError::Busy(format!(
-                    "{vg} is tagged by {}: the service may run there. This node must hold {} \
-                     ({}, whose probe guards against running twice) before taking the volume group",
-                    owners.join(", "),
-                    ip.ipname,
-                    r.rid
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Take ownership: drop other nodes' tags and add ours, in one vgchange.
-async fn tag(svc: &ServiceConfig, node: &str, c: &VgConfig) -> Result<Vec<String>> {
+/// Taking the volume group over is allowed only once this node holds the
+/// address and the lease (`guard`).
+async fn tag(node: &str, c: &VgConfig) -> Result<Vec<String>> {
     let st = vg_state(&c.vgname).await?;
     let foreign: Vec<&String> = st.tags.iter().filter(|t| *t != node).collect();
-    if !foreign.is_empty() {
-        require_address_here(svc, &c.vgname, &foreign).await?;
-    }
     let mut args: Vec<&str> = Vec::new();
     for t in &foreign {
         args.extend(["--deltag", t.as_str()]);
@@ -290,8 +273,7 @@ impl VgObject {
     ) -> Result<Vec<String>> {
         let ctx = &self.ctx;
         ctx.privileged(conn, &header, "io.ferry.vg.tag", || async {
-            let (svc, c) = ctx.config::<VgConfig>()?;
-            tag(&svc, ctx.reg.node(), &c).await
+            tag(ctx.reg.node(), &config(ctx)?).await
         })
         .await
     }

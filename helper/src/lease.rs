@@ -1,0 +1,576 @@
+//! The service's sanlock disk lease: the shared storage itself says which
+//! node may use the service's disks.
+//!
+//! The helper keeps one registration with the node's sanlock daemon for its
+//! whole life and holds every lease through it as a *persistent* lease: the
+//! mounts outlive a helper that dies, so its leases must too (they become
+//! orphans), and the next helper re-adopts them when it joins the
+//! lockspace. Each service's lease area holds its own lockspace (1 MiB) and
+//! the resource lease (1 MiB after it).
+//!
+//! Without a watchdog (none on the lab machines) a node whose sanlock daemon
+//! dies keeps its mounts while the lease expires under it; production needs
+//! wdmd and a watchdog device (README).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_core::config::{LeaseConfig, ServiceConfig};
+use ferry_core::dbus::CheckResult;
+use ferry_core::status::{ResourceStatus, State};
+use tracing::{info, warn};
+use zbus::message::Header;
+use zbus::{interface, Connection};
+
+use crate::ctx::ResCtx;
+use crate::error::{HelperError, Result};
+use crate::registry::Registry;
+use crate::sanlock::{self, AcquireFlags, Disk, Registration, SanlockError};
+
+pub struct LeaseObject {
+    pub ctx: ResCtx,
+}
+
+/// Owned copies of what the blocking sanlock calls need.
+#[derive(Clone)]
+struct Area {
+    lockspace: String,
+    dev: String,
+    offset: u64,
+    resource_offset: u64,
+    io_timeout: u32,
+}
+
+impl Area {
+    fn new(service: &str, c: &LeaseConfig) -> Area {
+        Area {
+            lockspace: LeaseConfig::lockspace(service),
+            dev: c.dev.clone(),
+            offset: c.offset,
+            resource_offset: c.resource_offset(),
+            io_timeout: c.io_timeout,
+        }
+    }
+    fn lockspace_disk(&self) -> Disk<'_> {
+        Disk {
+            path: &self.dev,
+            offset: self.offset,
+        }
+    }
+    fn resource_disk(&self) -> Disk<'_> {
+        Disk {
+            path: &self.dev,
+            offset: self.resource_offset,
+        }
+    }
+    fn label(&self) -> String {
+        format!("{}@{}", self.lockspace, self.dev)
+    }
+}
+
+/// The helper's one registration with the sanlock daemon.
+static REGISTRATION: Mutex<Option<Arc<Registration>>> = Mutex::new(None);
+
+fn registration() -> std::result::Result<Arc<Registration>, SanlockError> {
+    let mut slot = REGISTRATION.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(r) = slot.as_ref() {
+        return Ok(r.clone());
+    }
+    let r = Arc::new(sanlock::register()?);
+    *slot = Some(r.clone());
+    Ok(r)
+}
+
+/// A connection error means the daemon went away: the next call registers
+/// anew (what the old registration held is then an orphan, or gone).
+fn forget_registration_on(e: &SanlockError) {
+    if e.is_connection_lost() {
+        *REGISTRATION.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Join {
+    Joining,
+    Joined,
+    Failed(String),
+}
+
+/// Where each lockspace's join stands, by lockspace name.
+static JOINS: Mutex<BTreeMap<String, Join>> = Mutex::new(BTreeMap::new());
+
+fn join_state(ls: &str) -> Option<Join> {
+    JOINS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(ls)
+        .cloned()
+}
+
+fn set_join_state(ls: &str, j: Join) {
+    JOINS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(ls.to_string(), j);
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::result::Result<T, SanlockError> + Send + 'static,
+) -> Result<std::result::Result<T, SanlockError>> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| HelperError::failed(format!("sanlock call: {e}")))
+}
+
+fn host_id(reg: &Registry) -> Result<u64> {
+    reg.node_conf().host_id.ok_or_else(|| {
+        HelperError::InvalidConfig(format!(
+            "{} has no host_id in [node] of /etc/ferry/ferry.conf: a node needs a unique sanlock \
+             host id (1-2000) to hold leases",
+            reg.node()
+        ))
+    })
+}
+
+fn lease_of(svc: &ServiceConfig) -> Option<(&str, &LeaseConfig)> {
+    svc.resources.iter().find_map(|r| match &r.config {
+        ferry_core::config::ResourceConfig::Lease(l) => Some((r.rid.as_str(), l)),
+        _ => None,
+    })
+}
+
+/// Join the lockspace of each lease of `svc` (2-3 s at io_timeout 1, 20 s
+/// at 10), off the caller's path; then re-adopt a lease this node's previous
+/// helper left orphaned.
+pub fn join_in_background(reg: &Arc<Registry>, svc: &ServiceConfig) {
+    let Some((_, c)) = lease_of(svc) else {
+        return;
+    };
+    let area = Area::new(&svc.name, c);
+    let reg = reg.clone();
+    let service = svc.name.clone();
+    tokio::spawn(async move {
+        // The area may not be initialized yet (`ferry lease init`), or the
+        // daemon not up: keep trying, quietly after the first report, as
+        // long as the service is configured with this lease.
+        let mut attempt = 0u32;
+        while let Err(e) = join(&reg, &area).await {
+            if attempt == 0 {
+                warn!(service = %service, lockspace = %area.lockspace, "cannot join the lockspace (retrying every 5 s): {}", e.message());
+            }
+            attempt += 1;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let still = reg.service(&service).ok().and_then(|svc| {
+                lease_of(&svc).map(|(_, c)| {
+                    Area::new(&svc.name, c).lockspace == area.lockspace && c.dev == area.dev
+                })
+            });
+            if still != Some(true) {
+                return;
+            }
+        }
+        match readopt(&area).await {
+            Ok(true) => {
+                info!(service = %service, lockspace = %area.lockspace, "re-adopted this node's orphaned lease")
+            }
+            Ok(false) => {}
+            Err(e) => warn!(service = %service, "lease re-adoption: {}", e.message()),
+        }
+    });
+}
+
+async fn join(reg: &Registry, area: &Area) -> Result<()> {
+    let id = host_id(reg)?;
+    set_join_state(&area.lockspace, Join::Joining);
+    let t0 = Instant::now();
+    let a = area.clone();
+    let joined = blocking(move || {
+        sanlock::add_lockspace(&a.lockspace, id, &a.lockspace_disk(), a.io_timeout)
+    })
+    .await?;
+    match joined {
+        Ok(()) => {
+            set_join_state(&area.lockspace, Join::Joined);
+            info!(lockspace = %area.lockspace, host_id = id, ms = t0.elapsed().as_millis() as u64, "joined the lockspace");
+            Ok(())
+        }
+        Err(e) => {
+            set_join_state(&area.lockspace, Join::Failed(e.to_string()));
+            Err(HelperError::failed(format!(
+                "cannot join lockspace {} on {} as host_id {id}: {e}",
+                area.lockspace, area.dev
+            )))
+        }
+    }
+}
+
+/// Wait for a join under way; join now when none is.
+async fn ensure_joined(reg: &Registry, area: &Area) -> Result<()> {
+    // A join takes 2 x io_timeout plus a little; allow it twice over.
+    let deadline = Instant::now() + Duration::from_secs(u64::from(area.io_timeout) * 4 + 10);
+    loop {
+        match join_state(&area.lockspace) {
+            // Joined once; still joined unless the daemon restarted since.
+            Some(Join::Joined) => {
+                let a = area.clone();
+                let id = host_id(reg)?;
+                let joined = blocking(move || {
+                    sanlock::lockspace_joined(&a.lockspace, id, &a.lockspace_disk())
+                })
+                .await?;
+                if matches!(joined, Ok(true)) {
+                    return Ok(());
+                }
+                return join(reg, area).await;
+            }
+            Some(Join::Joining) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Some(Join::Joining) => {
+                return Err(HelperError::failed(format!(
+                    "still joining lockspace {}: try again shortly",
+                    area.lockspace
+                )))
+            }
+            Some(Join::Failed(_)) | None => return join(reg, area).await,
+        }
+    }
+}
+
+/// Take back a persistent lease this host holds but no process does (the
+/// previous helper died). Ok(false): there was none.
+async fn readopt(area: &Area) -> Result<bool> {
+    let a = area.clone();
+    let r = blocking(move || {
+        let reg = registration()?;
+        reg.acquire(
+            &a.lockspace,
+            LeaseConfig::RESOURCE,
+            &a.resource_disk(),
+            AcquireFlags {
+                persistent: true,
+                orphan: true,
+                owner_nowait: true,
+            },
+        )
+    })
+    .await?;
+    match r {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_not_orphan() => Ok(false),
+        Err(e) => {
+            forget_registration_on(&e);
+            Err(HelperError::failed(e.to_string()))
+        }
+    }
+}
+
+/// Does this helper hold the lease now?
+async fn held_by_us(area: &Area) -> Result<bool> {
+    let a = area.clone();
+    let held = blocking(move || registration()?.held()).await?;
+    match held {
+        Ok(list) => Ok(list
+            .iter()
+            .any(|(ls, res)| *ls == a.lockspace && res == LeaseConfig::RESOURCE)),
+        Err(e) => {
+            forget_registration_on(&e);
+            Err(HelperError::failed(format!(
+                "sanlock daemon of {}: {e}",
+                area.lockspace
+            )))
+        }
+    }
+}
+
+/// The hosts holding the lease (empty: free), read from the disk.
+async fn owners(area: &Area) -> Result<Vec<u64>> {
+    let a = area.clone();
+    blocking(move || sanlock::owners(&a.lockspace, LeaseConfig::RESOURCE, &a.resource_disk()))
+        .await?
+        .map_err(|e| HelperError::failed(format!("cannot read the lease on {}: {e}", area.dev)))
+}
+
+fn holder_names(reg: &Registry, ids: &[u64]) -> String {
+    ids.iter()
+        .map(
+            |id| match reg.node_conf().node_of_host_id(*id, reg.node()) {
+                Some(n) => format!("{n} (host_id {id})"),
+                None => format!("host_id {id}"),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Is the service's lease held by this node's helper? `None`: the service
+/// has no lease. The guards ask this before anything touches the disks.
+pub async fn held_here(svc: &ServiceConfig) -> Result<Option<(String, bool)>> {
+    let Some((rid, c)) = lease_of(svc) else {
+        return Ok(None);
+    };
+    let held = held_by_us(&Area::new(&svc.name, c)).await?;
+    Ok(Some((rid.to_string(), held)))
+}
+
+/// The nodes other than this one that hold the service's lease, named;
+/// `None` when there is none (or the service has no lease).
+pub async fn held_elsewhere(reg: &Registry, svc: &ServiceConfig) -> Result<Option<String>> {
+    let Some((_, c)) = lease_of(svc) else {
+        return Ok(None);
+    };
+    let area = Area::new(&svc.name, c);
+    let me = reg.node_conf().host_id;
+    let others: Vec<u64> = owners(&area)
+        .await?
+        .into_iter()
+        .filter(|id| Some(*id) != me)
+        .collect();
+    Ok((!others.is_empty()).then(|| {
+        format!(
+            "lease {} is held by {}",
+            area.label(),
+            holder_names(reg, &others)
+        )
+    }))
+}
+
+pub async fn status(
+    reg: &Registry,
+    svc: &ServiceConfig,
+    rid: &str,
+    c: &LeaseConfig,
+) -> ResourceStatus {
+    let area = Area::new(&svc.name, c);
+    let label = area.label();
+    let mut comments = Vec::new();
+    match join_state(&area.lockspace) {
+        Some(Join::Joining) => comments.push("joining the lockspace".to_string()),
+        Some(Join::Failed(e)) => comments.push(format!("lockspace not joined: {e}")),
+        _ => {}
+    }
+    let s = match held_by_us(&area).await {
+        Ok(true) => ResourceStatus::new(rid, State::Up, &label),
+        Ok(false) => match owners(&area).await {
+            Ok(ids) if ids.is_empty() => ResourceStatus::new(rid, State::Down, &label),
+            Ok(ids) => {
+                let mine = reg.node_conf().host_id.is_some_and(|h| ids.contains(&h));
+                let text = if mine {
+                    "orphaned: this node's host id holds it, no helper process does".to_string()
+                } else {
+                    format!("held by {}", holder_names(reg, &ids))
+                };
+                ResourceStatus::new(rid, State::Warn, &label).with_comment(text)
+            }
+            Err(e) => ResourceStatus::new(rid, State::Warn, &label).with_comment(e.message()),
+        },
+        Err(e) => ResourceStatus::new(rid, State::Warn, &label).with_comment(e.message()),
+    };
+    comments.into_iter().fold(s, |s, c| s.with_comment(c))
+}
+
+async fn acquire(reg: &Registry, svc: &ServiceConfig, c: &LeaseConfig) -> Result<Vec<String>> {
+    let area = Area::new(&svc.name, c);
+    host_id(reg)?;
+    ensure_joined(reg, &area).await?;
+    if held_by_us(&area).await? {
+        return Ok(vec![format!("lease {} is already held here", area.label())]);
+    }
+    let a = area.clone();
+    let taken = blocking(move || {
+        registration()?.acquire(
+            &a.lockspace,
+            LeaseConfig::RESOURCE,
+            &a.resource_disk(),
+            AcquireFlags {
+                persistent: true,
+                orphan: false,
+                // A refusal must come at once, not after 2 x io_timeout.
+                owner_nowait: true,
+            },
+        )
+    })
+    .await?;
+    let e = match taken {
+        Ok(()) => return Ok(vec![format!("acquire lease {}", area.label())]),
+        Err(e) => e,
+    };
+    forget_registration_on(&e);
+    let ids = owners(&area).await.unwrap_or_default();
+    let mine = reg.node_conf().host_id.is_some_and(|h| ids.contains(&h));
+    if mine && readopt(&area).await? {
+        return Ok(vec![format!(
+            "re-adopt this node's orphaned lease {}",
+            area.label()
+        )]);
+    }
+    if !ids.is_empty() && !mine {
+        return Err(HelperError::LeaseHeld(format!(
+            "lease {} is held by {}: the service runs there (or that node died less than \
+             8 x io_timeout + 60 s = {} s ago, after which the lease frees itself)",
+            area.label(),
+            holder_names(reg, &ids),
+            8 * u64::from(area.io_timeout) + 60
+        )));
+    }
+    Err(HelperError::failed(format!(
+        "cannot acquire lease {}: {e}",
+        area.label()
+    )))
+}
+
+async fn release(reg: &Registry, svc: &ServiceConfig, c: &LeaseConfig) -> Result<Vec<String>> {
+    let area = Area::new(&svc.name, c);
+    let a = area.clone();
+    if held_by_us(&area).await? {
+        blocking(move || {
+            registration()?.release(&a.lockspace, LeaseConfig::RESOURCE, &a.resource_disk())
+        })
+        .await?
+        .map_err(|e| {
+            forget_registration_on(&e);
+            HelperError::failed(format!("cannot release lease {}: {e}", area.label()))
+        })?;
+        return Ok(vec![format!("release lease {}", area.label())]);
+    }
+    let ids = owners(&area).await?;
+    if reg.node_conf().host_id.is_some_and(|h| ids.contains(&h)) {
+        blocking(move || {
+            sanlock::release_orphan(&a.lockspace, LeaseConfig::RESOURCE, &a.resource_disk())
+        })
+        .await?
+        .map_err(|e| {
+            HelperError::failed(format!(
+                "cannot release orphaned lease {}: {e}",
+                area.label()
+            ))
+        })?;
+        return Ok(vec![format!(
+            "release this node's orphaned lease {}",
+            area.label()
+        )]);
+    }
+    Ok(vec![format!("lease {} is not held here", area.label())])
+}
+
+/// Write a fresh lease area. Refused where the area already holds this
+/// service's lease: rewriting it under a holder would void its lease.
+async fn init(reg: &Registry, svc: &ServiceConfig, c: &LeaseConfig) -> Result<Vec<String>> {
+    let area = Area::new(&svc.name, c);
+    if let Ok(ids) = owners(&area).await {
+        let held = if ids.is_empty() {
+            "free now".to_string()
+        } else {
+            format!("held by {}", holder_names(reg, &ids))
+        };
+        return Err(HelperError::Busy(format!(
+            "{} already holds lease {} ({held}): refusing to overwrite it. To start over, stop the \
+             service on every node and clear the area by hand",
+            area.dev,
+            area.label()
+        )));
+    }
+    let a = area.clone();
+    blocking(move || {
+        sanlock::init_lockspace(&a.lockspace, &a.lockspace_disk(), a.io_timeout)?;
+        sanlock::init_resource(&a.lockspace, LeaseConfig::RESOURCE, &a.resource_disk())
+    })
+    .await?
+    .map_err(|e| HelperError::failed(format!("cannot initialize {}: {e}", area.label())))?;
+    let log = vec![
+        format!(
+            "write lockspace {} at {}:{}",
+            area.lockspace, area.dev, area.offset
+        ),
+        format!(
+            "write lease {}:{} at {}:{}",
+            area.lockspace,
+            LeaseConfig::RESOURCE,
+            area.dev,
+            area.resource_offset
+        ),
+    ];
+    set_join_state(
+        &area.lockspace,
+        Join::Failed("not joined since init".into()),
+    );
+    Ok(log)
+}
+
+fn config(ctx: &ResCtx) -> Result<(Arc<ServiceConfig>, LeaseConfig)> {
+    ctx.config()
+}
+
+#[interface(name = "io.ferry.Helper1.Lease")]
+impl LeaseObject {
+    /// `(state, label, comments)`: up = held here, down = free, warn = held
+    /// by another node (named).
+    async fn check(&self) -> Result<CheckResult> {
+        let (svc, c) = config(&self.ctx)?;
+        Ok(status(&self.ctx.reg, &svc, &self.ctx.rid, &c)
+            .await
+            .into_check())
+    }
+
+    /// Write a fresh lockspace and lease on the area (once, before first use).
+    async fn init(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>> {
+        let ctx = &self.ctx;
+        ctx.privileged(conn, &header, "io.ferry.lease.init", || async {
+            let (svc, c) = config(ctx)?;
+            let log = init(&ctx.reg, &svc, &c).await?;
+            join_in_background(&ctx.reg, &svc);
+            Ok(log)
+        })
+        .await
+    }
+
+    /// Take the lease: refused at once (LeaseHeld) when another node holds it.
+    async fn acquire(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>> {
+        let ctx = &self.ctx;
+        ctx.privileged(conn, &header, "io.ferry.lease.acquire", || async {
+            let (svc, c) = config(ctx)?;
+            acquire(&ctx.reg, &svc, &c).await
+        })
+        .await
+    }
+
+    /// Give the lease back; refused while the disks are still in use here.
+    async fn release(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>> {
+        let ctx = &self.ctx;
+        ctx.privileged(conn, &header, "io.ferry.lease.release", || async {
+            let (svc, c) = config(ctx)?;
+            release(&ctx.reg, &svc, &c).await
+        })
+        .await
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn rid(&self) -> String {
+        self.ctx.rid.clone()
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn settings(&self) -> HashMap<String, String> {
+        let mut m = HashMap::new();
+        if let Ok((svc, c)) = config(&self.ctx) {
+            m.insert("lockspace".into(), LeaseConfig::lockspace(&svc.name));
+            m.insert("dev".into(), c.dev);
+            m.insert("offset".into(), c.offset.to_string());
+            m.insert("io_timeout".into(), c.io_timeout.to_string());
+        }
+        m
+    }
+}
