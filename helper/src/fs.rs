@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
-use ferry_core::config::{FsConfig, ResourceConfig, ServiceConfig};
+use ferry_core::config::FsConfig;
 use ferry_core::dbus::CheckResult;
 use ferry_core::status::{ResourceStatus, State};
 use nix::mount::{umount2, MntFlags};
@@ -16,8 +16,8 @@ use zbus::message::Header;
 use zbus::{interface, Connection};
 
 use crate::cmd;
+use crate::ctx::ResCtx;
 use crate::error::{HelperError, Result};
-use crate::registry::ResCtx;
 
 pub struct FsObject {
     pub ctx: ResCtx,
@@ -90,6 +90,153 @@ fn devno(dev: &str) -> Option<(u32, u32)> {
     Some((libc::major(rdev), libc::minor(rdev)))
 }
 
+/// The kernel's name of a block device (`loop5`, `dm-3`), from its number.
+fn kernel_name(devno: (u32, u32)) -> Option<String> {
+    let link = std::fs::read_link(format!("/sys/dev/block/{}:{}", devno.0, devno.1)).ok()?;
+    Some(link.file_name()?.to_string_lossy().into_owned())
+}
+
+/// A mount of the device in a mount namespace other than the helper's.
+#[derive(Debug, Clone)]
+pub struct ForeignMount {
+    /// `mnt:[4026…]`
+    pub namespace: String,
+    pub mountpoint: String,
+    /// Processes in that namespace: one to enter it by, all to name.
+    pub pids: Vec<i32>,
+}
+
+/// Every mount of `devno` in the other mount namespaces of this node, found
+/// through the processes that live in them (`/proc/PID/mountinfo`).
+pub fn foreign_mounts(devno: (u32, u32)) -> Vec<ForeignMount> {
+    let ours = std::fs::read_link("/proc/self/ns/mnt").ok();
+    let mut by_ns: std::collections::BTreeMap<String, (Vec<i32>, Vec<String>)> =
+        std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(ns) = std::fs::read_link(format!("/proc/{pid}/ns/mnt")) else {
+            continue;
+        };
+        if Some(&ns) == ours.as_ref() {
+            continue;
+        }
+        let ns = ns.to_string_lossy().into_owned();
+        if let Some((pids, _)) = by_ns.get_mut(&ns) {
+            pids.push(pid);
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) else {
+            continue;
+        };
+        let mnts: Vec<String> = parse_mountinfo(&text)
+            .into_iter()
+            .filter(|m| m.devno == devno)
+            .map(|m| m.mountpoint)
+            .collect();
+        by_ns.insert(ns, (vec![pid], mnts));
+    }
+    by_ns
+        .into_iter()
+        .flat_map(|(ns, (pids, mnts))| {
+            mnts.into_iter().map(move |m| ForeignMount {
+                namespace: ns.clone(),
+                mountpoint: m,
+                pids: pids.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Is a superblock of the fs's device alive on this node, in any mount
+/// namespace? For ext2/3/4 the kernel says so itself (`/sys/fs/ext4/<dev>`
+/// exists exactly while it is); for other types, any mount of the device
+/// in any namespace. `Some(why)` when it is.
+pub fn live_here(c: &FsConfig) -> Option<String> {
+    let devno = devno(&c.dev)?;
+    if matches!(c.fstype.as_str(), "ext2" | "ext3" | "ext4") {
+        let name = kernel_name(devno)?;
+        let sys = format!("/sys/fs/ext4/{name}");
+        return Path::new(&sys)
+            .exists()
+            .then(|| format!("{} is live on this node ({sys} exists)", c.dev));
+    }
+    if mounts().ok()?.iter().any(|m| m.devno == devno) {
+        return Some(format!("{} is mounted here", c.dev));
+    }
+    foreign_mounts(devno).first().map(|f| {
+        format!(
+            "{} is mounted on {} in mount namespace {}",
+            c.dev, f.mountpoint, f.namespace
+        )
+    })
+}
+
+fn describe_pids(pids: &[i32]) -> String {
+    pids.iter()
+        .take(5)
+        .map(|p| {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            let uid = std::fs::metadata(format!("/proc/{p}"))
+                .map(|m| m.uid().to_string())
+                .unwrap_or_else(|_| "?".into());
+            format!("{p} ({}, uid {uid})", comm.trim())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+        + if pids.len() > 5 { ", …" } else { "" }
+}
+
+/// Let go of the copies of the device's mounts that other mount namespaces
+/// of this node keep (a container, `unshare -m`, a user namespace): unmount
+/// them there, and where that fails (busy, or locked in a user namespace),
+/// kill the processes of that namespace, as `fuser -km` does to the users
+/// of the local mount. Either way the superblock must go.
+async fn release_foreign_mounts(devno: (u32, u32), log: &mut Vec<String>) -> Result<()> {
+    let foreign = foreign_mounts(devno);
+    let mut namespaces: Vec<&str> = foreign.iter().map(|f| f.namespace.as_str()).collect();
+    namespaces.dedup();
+    for ns in namespaces {
+        let mounts: Vec<&ForeignMount> = foreign.iter().filter(|f| f.namespace == ns).collect();
+        let Some(pid) = mounts.first().and_then(|f| f.pids.first()) else {
+            continue;
+        };
+        let pids = mounts[0].pids.clone();
+        let nsarg = format!("--mount=/proc/{pid}/ns/mnt");
+        let mut unmounted_all = true;
+        // Deepest first: later entries sit on top of earlier ones.
+        for f in mounts.iter().rev() {
+            let out = cmd::run("nsenter", &[&nsarg, "--", "umount", &f.mountpoint]).await?;
+            if out.code == 0 {
+                log.push(format!(
+                    "umount {} in mount namespace {ns} (pid {pid})",
+                    f.mountpoint
+                ));
+            } else {
+                unmounted_all = false;
+            }
+        }
+        if unmounted_all {
+            continue;
+        }
+        log.push(format!(
+            "mount namespace {ns} keeps a copy of the mount: kill its processes {}",
+            describe_pids(&pids)
+        ));
+        for p in &pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    Ok(())
+}
+
 fn label(c: &FsConfig) -> String {
     format!("{}@{}", c.dev, c.mnt)
 }
@@ -127,7 +274,12 @@ pub async fn status(rid: &str, c: &FsConfig) -> ResourceStatus {
         }
         None if !here.is_empty() => ResourceStatus::new(rid, State::Warn, label(c))
             .with_comment(format!("{} is mounted from another device", c.mnt)),
-        None => ResourceStatus::new(rid, State::Down, label(c)),
+        // Not mounted here, yet the kernel still holds it: another mount
+        // namespace keeps a copy. Not down: the disk is not let go.
+        None => match live_here(c) {
+            Some(why) => ResourceStatus::new(rid, State::Warn, label(c)).with_comment(why),
+            None => ResourceStatus::new(rid, State::Down, label(c)),
+        },
     }
 }
 
@@ -158,31 +310,7 @@ fn refuse_symlinked_path(mnt: &str) -> Result<()> {
     }
 }
 
-/// The service's volume groups must carry this node's tag before anything
-/// of it is mounted: Vg.Tag is where a node takes the disks over (after the
-/// address probe), and mounting must not go around it.
-async fn require_volume_groups_here(svc: &ServiceConfig, node: &str) -> Result<()> {
-    for r in &svc.resources {
-        if let ResourceConfig::Vg(vg) = &r.config {
-            let tags = crate::vg::tags(&vg.vgname).await?;
-            if !tags.iter().any(|t| t == node) {
-                return Err(HelperError::Busy(format!(
-                    "{} is not tagged {node} ({}): take the volume group ({}) before mounting",
-                    vg.vgname,
-                    if tags.is_empty() {
-                        "no tag".to_string()
-                    } else {
-                        format!("tagged {}", tags.join(", "))
-                    },
-                    r.rid
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn mount(svc: &ServiceConfig, node: &str, c: &FsConfig) -> Result<Vec<String>> {
+async fn mount(c: &FsConfig) -> Result<Vec<String>> {
     let Some(dev) = devno(&c.dev) else {
         return Err(HelperError::failed(format!("device {} not found", c.dev)));
     };
@@ -197,7 +325,14 @@ async fn mount(svc: &ServiceConfig, node: &str, c: &FsConfig) -> Result<Vec<Stri
         )));
     }
     refuse_symlinked_path(&c.mnt)?;
-    require_volume_groups_here(svc, node).await?;
+    // A copy left in another mount namespace of this node: fsck would check
+    // a live filesystem. Stopping the service cleans such copies.
+    if let Some(why) = live_here(c) {
+        return Err(HelperError::Busy(format!(
+            "{why}, though not on {}: stop the service first, which lets go of every copy",
+            c.mnt
+        )));
+    }
     let mut log = Vec::new();
     if !Path::new(&c.mnt).exists() {
         std::fs::create_dir_all(&c.mnt)
@@ -228,12 +363,59 @@ async fn mount(svc: &ServiceConfig, node: &str, c: &FsConfig) -> Result<Vec<Stri
     Ok(log)
 }
 
-/// Unmount `mnt` and everything below it, deepest first. A busy mount gets
-/// its users killed (`fuser -km`) and is retried, a bounded number of times.
+/// Unmount the filesystem until the kernel lets go of it: here, and in
+/// every other mount namespace of this node. Down means no superblock of
+/// the device is left on the node, not merely "not in our mount table".
 async fn unmount(c: &FsConfig) -> Result<Vec<String>> {
+    let mut log = unmount_local(c).await?;
+    let Some(dev) = devno(&c.dev) else {
+        return Ok(log);
+    };
+    if live_here(c).is_some() {
+        release_foreign_mounts(dev, &mut log).await?;
+        // The kernel frees the superblock once the last mount and the last
+        // killed process holding one are gone.
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while live_here(c).is_some() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    if let Some(why) = live_here(c) {
+        let left: Vec<String> = foreign_mounts(dev)
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} in {} (pids {})",
+                    f.mountpoint,
+                    f.namespace,
+                    describe_pids(&f.pids)
+                )
+            })
+            .collect();
+        return Err(HelperError::Busy(format!(
+            "{why}: the filesystem is not let go{}",
+            if left.is_empty() {
+                " (held by no process: an open file, a loop device, or a pinned mount namespace)"
+                    .to_string()
+            } else {
+                format!("; still mounted: {}", left.join("; "))
+            }
+        )));
+    }
+    Ok(log)
+}
+
+/// Unmount `mnt`, everything below it, and any other mount of its device
+/// in our mount namespace, deepest first. A busy mount gets its users
+/// killed (`fuser -km`) and is retried, a bounded number of times.
+async fn unmount_local(c: &FsConfig) -> Result<Vec<String>> {
     let mut log = Vec::new();
-    let below =
-        |m: &MountEntry| m.mountpoint == c.mnt || m.mountpoint.starts_with(&format!("{}/", c.mnt));
+    let dev = devno(&c.dev);
+    let below = |m: &MountEntry| {
+        m.mountpoint == c.mnt
+            || m.mountpoint.starts_with(&format!("{}/", c.mnt))
+            || Some(m.devno) == dev
+    };
     if !mounts()?.iter().any(below) {
         return Ok(vec![format!("{} is already unmounted", c.mnt)]);
     }
@@ -295,8 +477,7 @@ impl FsObject {
     ) -> Result<Vec<String>> {
         let ctx = &self.ctx;
         ctx.privileged(conn, &header, "io.ferry.fs.mount", || async {
-            let (svc, c) = ctx.config::<FsConfig>()?;
-            mount(&svc, ctx.reg.node(), &c).await
+            mount(&config(ctx)?).await
         })
         .await
     }

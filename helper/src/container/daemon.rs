@@ -556,7 +556,12 @@ fn unmount_leftovers(svc: &ServiceConfig, data_dir: &str) -> Vec<String> {
     };
     let fs_mnts = service_fs_mnts(svc);
     let mut log = Vec::new();
-    for m in leftover_mounts(&mounts, data_dir, &fs_mnts) {
+    // dockerd also bind-mounts its network namespace under its exec root
+    // (`x/netns/default`), node-local, which it leaves behind at exit.
+    let exec_root = Paths::new(&svc.name).exec_root.display().to_string();
+    let mut leftovers = leftover_mounts(&mounts, data_dir, &fs_mnts);
+    leftovers.extend(leftover_mounts(&mounts, &exec_root, &[]));
+    for m in leftovers {
         match nix::mount::umount2(m.as_str(), nix::mount::MntFlags::empty()) {
             Ok(()) => log.push(format!("umount leftover {m}")),
             Err(e) => log.push(format!("cannot umount leftover {m}: {e}")),
@@ -958,6 +963,20 @@ async fn running_containers(p: &Paths) -> Result<Vec<String>> {
                 .unwrap_or_default()
         })
         .collect())
+}
+
+/// Does any process of the service's private daemon pair (dockerd,
+/// containerd, a shim) still run on this node? Such a process keeps the
+/// data root, on the shared filesystem, in use.
+pub fn has_processes(svc: &ServiceConfig) -> bool {
+    if svc.docker_data_dir.is_none() {
+        return false;
+    }
+    let p = Paths::new(&svc.name);
+    procs().iter().any(|x| {
+        x.is_root()
+            && (is_dockerd(&x.argv, &p) || is_containerd(&x.argv, &p) || is_shim(&x.argv, &p))
+    })
 }
 
 pub async fn stop(svc: &ServiceConfig) -> Result<Vec<String>> {

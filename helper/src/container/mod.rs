@@ -18,15 +18,23 @@ use ferry_core::status::ResourceStatus;
 use zbus::message::Header;
 use zbus::{interface, Connection, OwnedFd};
 
+use crate::ctx::ResCtx;
 use crate::error::{HelperError, Result};
-use crate::registry::ResCtx;
 
 pub struct ContainerObject {
     pub ctx: ResCtx,
 }
 
 pub async fn status(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> ResourceStatus {
-    engine::status(svc, rid, c).await
+    let s = engine::status(svc, rid, c).await;
+    // A daemon that does not answer may still run, holding the data root
+    // on the shared fs: that is not "down".
+    if s.state() == ferry_core::status::State::Down && daemon::has_processes(svc) {
+        return ResourceStatus::new(rid, ferry_core::status::State::Warn, &s.label).with_comment(
+            "processes of the service's docker daemon still run here, though it does not answer",
+        );
+    }
+    s
 }
 
 fn config(ctx: &ResCtx) -> Result<(std::sync::Arc<ServiceConfig>, ContainerConfig)> {
