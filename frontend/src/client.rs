@@ -2,8 +2,8 @@
 
 use ferry_core::config::{self, Kind, ServiceConfig};
 use ferry_core::dbus::{
-    resource_path, service_path, ContainerProxy, FsProxy, IpProxy, ManagerProxy, ServiceProxy,
-    VgProxy,
+    resource_path, service_path, ContainerProxy, FsProxy, IpProxy, LeaseProxy, ManagerProxy,
+    ServiceProxy, VgProxy,
 };
 use zbus::Connection;
 
@@ -79,6 +79,12 @@ impl Helper {
 
     pub async fn ip(&self, svc: &str, rid: &str) -> Result<IpProxy<'_>> {
         Ok(IpProxy::builder(&self.conn)
+            .path(resource_path(svc, rid))
+            .build()
+            .await?)
+    }
+    pub async fn lease(&self, svc: &str, rid: &str) -> Result<LeaseProxy<'_>> {
+        Ok(LeaseProxy::builder(&self.conn)
             .path(resource_path(svc, rid))
             .build()
             .await?)

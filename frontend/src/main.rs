@@ -8,6 +8,7 @@ mod docker;
 mod error;
 mod lock;
 mod log;
+mod ocf;
 mod relocate;
 mod remote;
 mod resource;
@@ -111,6 +112,22 @@ enum Cmd {
     },
     /// Ask the helper to re-read the config directory.
     Reload,
+    /// Act as the OCF resource agent ocf:ferry:service (start, stop,
+    /// monitor, validate-all, meta-data), for Pacemaker; the service comes
+    /// from OCF_RESKEY_service.
+    Ocf { action: String },
+    /// The service's disk lease: `ferry lease init SVC` writes a fresh lease
+    /// area (once, before first use; refused where one is already there).
+    Lease {
+        #[command(subcommand)]
+        what: LeaseWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum LeaseWhat {
+    /// Write the lockspace and the lease on the service's lease area.
+    Init { service: String },
 }
 
 #[derive(clap::Args)]
@@ -149,13 +166,18 @@ fn validate(files: &[PathBuf]) -> Result<()> {
     let mut errors = Vec::new();
     for f in files {
         match config::load_service(f) {
-            Ok(cfg) => println!(
-                "{}: ok (service {}, {} resources, sha256 {})",
-                f.display(),
-                cfg.name,
-                cfg.resources.len(),
-                &cfg.checksum()[..12]
-            ),
+            Ok(cfg) => {
+                println!(
+                    "{}: ok (service {}, {} resources, sha256 {})",
+                    f.display(),
+                    cfg.name,
+                    cfg.resources.len(),
+                    &cfg.checksum()[..12]
+                );
+                for w in config::warnings(&cfg) {
+                    println!("{}: warning: {w}", f.display());
+                }
+            }
             Err(e) => errors.extend(e.0),
         }
     }
@@ -242,6 +264,13 @@ async fn run(cli: Cli) -> Result<i32> {
                 .map(|_| 0)
         }
         Cmd::Relocate { service, to, lock } => {
+            // Never fight the cluster manager: it would move the service back.
+            if let Some(id) = ocf::pacemaker_resource(&service) {
+                return Err(FerryError::Usage(format!(
+                    "'{service}' is managed by Pacemaker as resource '{id}': move it through \
+                     the cluster (crm_resource --move -r {id} -N {to}, then crm_resource --clear -r {id})"
+                )));
+            }
             let h = Helper::connect().await?;
             let cfg = h.config(&service).await?;
             let node = h.node_name().await?;
@@ -279,6 +308,26 @@ async fn run(cli: Cli) -> Result<i32> {
             let h = Helper::connect().await?;
             docker::run(&h, &service, rid.as_deref(), args).await
         }
+        Cmd::Lease {
+            what: LeaseWhat::Init { service },
+        } => {
+            let h = Helper::connect().await?;
+            let cfg = h.config(&service).await?;
+            let Some(r) = cfg
+                .resources
+                .iter()
+                .find(|r| r.kind() == config::Kind::Lease)
+            else {
+                return Err(FerryError::Usage(format!(
+                    "service '{service}' has no [lease#…] resource"
+                )));
+            };
+            let log = Log::new(&service);
+            log.call(&r.rid, h.lease(&service, &r.rid).await?.init())
+                .await?;
+            Ok(0)
+        }
+        Cmd::Ocf { .. } => Ok(i32::from(ocf::OCF_ERR_GENERIC)),
         Cmd::Reload => {
             let h = Helper::connect().await?;
             let services = h.manager().await?.reload().await?;
@@ -307,6 +356,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Cmd::Ocf { action } = &cli.cmd {
+        return rt.block_on(ocf::run(action));
+    }
     let code = match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {

@@ -5,6 +5,7 @@
 pub mod container;
 pub mod fs;
 pub mod ip;
+pub mod lease;
 pub mod vg;
 
 use ferry_core::config::{Resource, ResourceConfig, ServiceConfig};
@@ -16,6 +17,7 @@ use crate::log::Log;
 pub async fn start(h: &Helper, svc: &ServiceConfig, r: &Resource, log: &Log) -> Result<()> {
     match &r.config {
         ResourceConfig::Ip(_) => ip::start(h, &svc.name, &r.rid, log).await,
+        ResourceConfig::Lease(_) => lease::start(h, &svc.name, &r.rid, log).await,
         ResourceConfig::Vg(c) => vg::start(h, &svc.name, &r.rid, c, log).await,
         ResourceConfig::Fs(_) => fs::start(h, &svc.name, &r.rid, log).await,
         ResourceConfig::Container(_) => container::start(h, svc, &r.rid, log).await,
@@ -33,6 +35,7 @@ pub async fn stop(
 ) -> Result<()> {
     match &r.config {
         ResourceConfig::Ip(_) => ip::stop(h, &svc.name, &r.rid, log).await,
+        ResourceConfig::Lease(_) => lease::stop(h, &svc.name, &r.rid, log).await,
         ResourceConfig::Vg(c) => vg::stop(h, &svc.name, &r.rid, c, log).await,
         ResourceConfig::Fs(_) => fs::stop(h, &svc.name, &r.rid, log).await,
         ResourceConfig::Container(_) => container::stop(h, svc, &r.rid, last_container, log).await,

@@ -1,0 +1,385 @@
+//! `ferry ocf ACTION`: ferry as an OCF resource agent (`ocf:ferry:service`),
+//! so that Pacemaker restarts a service elsewhere when its node dies. The
+//! shell file in `/usr/lib/ocf/resource.d/ferry/service` only execs this.
+//!
+//! Pacemaker runs agents as root, on the local node: every action goes to
+//! this node's helper (root callers pass polkit; every call is audited).
+//! `monitor` is exact, as the OCF contract needs it to be: 7 ("not
+//! running") only when nothing of the service is left on this node, so
+//! that Pacemaker never starts a second copy while a first one lingers.
+
+use std::process::ExitCode;
+
+use ferry_core::config::{Kind, ServiceConfig};
+use ferry_core::status::{ResourceStatus, State};
+
+use crate::client::Helper;
+use crate::error::FerryError;
+use crate::log::Log;
+
+/// OCF exit codes (resource-agent API).
+pub const OCF_SUCCESS: u8 = 0;
+pub const OCF_ERR_GENERIC: u8 = 1;
+pub const OCF_ERR_UNIMPLEMENTED: u8 = 3;
+pub const OCF_ERR_INSTALLED: u8 = 5;
+pub const OCF_ERR_CONFIGURED: u8 = 6;
+pub const OCF_NOT_RUNNING: u8 = 7;
+
+const META_DATA: &str = r#"<?xml version="1.0"?>
+<!DOCTYPE resource-agent SYSTEM "ra-api-1.dtd">
+<resource-agent name="service" version="1.0">
+<version>1.0</version>
+<longdesc lang="en">
+A ferry service (address, sanlock lease, volume groups, filesystems, and
+containers run by a private docker daemon on the shared storage), started,
+stopped and monitored on this node through the ferry-helper. monitor returns
+7 only when nothing of the service is left on this node (no address, no
+lease, no superblock of its filesystems in any mount namespace, no daemon),
+and 1 when the service is partly up, so that Pacemaker recovers or fences
+instead of starting a second copy.
+</longdesc>
+<shortdesc lang="en">ferry service</shortdesc>
+<parameters>
+<parameter name="service" unique="1" required="1">
+<longdesc lang="en">
+The ferry service name: the file /etc/ferry/services/NAME.conf, the same on
+every node of the service.
+</longdesc>
+<shortdesc lang="en">ferry service name</shortdesc>
+<content type="string" default="" />
+</parameter>
+</parameters>
+<actions>
+<action name="start" timeout="180s" />
+<action name="stop" timeout="180s" />
+<action name="monitor" timeout="30s" interval="10s" depth="0" />
+<action name="validate-all" timeout="30s" />
+<action name="meta-data" timeout="5s" />
+</actions>
+</resource-agent>
+"#;
+
+/// Where the service stands on this node, judged from every resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    /// Every resource is up.
+    Running,
+    /// Nothing of it is left here.
+    Stopped,
+    /// Anything in between: the resources that say so.
+    Partial(Vec<String>),
+}
+
+/// Up, down, or neither, for one resource, as far as *this node* is
+/// concerned: a lease held by another node is "down here".
+fn here(r: &ResourceStatus, kind: Option<Kind>) -> Option<bool> {
+    match r.state() {
+        State::Up => Some(true),
+        State::Down | State::NotApplicable => Some(false),
+        State::Warn
+            if kind == Some(Kind::Lease)
+                && r.comments.iter().any(|c| c.starts_with("held by ")) =>
+        {
+            Some(false)
+        }
+        _ => None,
+    }
+}
+
+pub fn presence(cfg: &ServiceConfig, statuses: &[ResourceStatus]) -> Presence {
+    let (mut up, mut down, mut odd) = (0, 0, Vec::new());
+    for s in statuses {
+        let kind = cfg.resource(&s.rid).map(|r| r.kind());
+        match here(s, kind) {
+            Some(true) => up += 1,
+            Some(false) => down += 1,
+            None => odd.push(format!(
+                "{} {}{}",
+                s.rid,
+                s.state,
+                s.comments
+                    .first()
+                    .map(|c| format!(" ({c})"))
+                    .unwrap_or_default()
+            )),
+        }
+    }
+    if !odd.is_empty() || (up > 0 && down > 0) {
+        if odd.is_empty() {
+            odd = statuses
+                .iter()
+                .map(|s| format!("{} {}", s.rid, s.state))
+                .collect();
+        }
+        Presence::Partial(odd)
+    } else if up > 0 {
+        Presence::Running
+    } else {
+        Presence::Stopped
+    }
+}
+
+fn code(c: u8) -> ExitCode {
+    ExitCode::from(c)
+}
+
+/// The agent's one entry point: parameters from the OCF environment.
+pub async fn run(action: &str) -> ExitCode {
+    match action {
+        "meta-data" => {
+            print!("{META_DATA}");
+            return code(OCF_SUCCESS);
+        }
+        "start" | "stop" | "monitor" | "validate-all" => {}
+        other => {
+            eprintln!("ocf:ferry:service: action '{other}' is not implemented");
+            return code(OCF_ERR_UNIMPLEMENTED);
+        }
+    }
+    let Some(service) = std::env::var("OCF_RESKEY_service")
+        .ok()
+        .filter(|s| !s.is_empty())
+    else {
+        eprintln!("ocf:ferry:service: the parameter 'service' is not set");
+        // A probe of an unconfigured resource is "not running" on OCF's terms.
+        return code(if action == "monitor" {
+            OCF_NOT_RUNNING
+        } else {
+            OCF_ERR_CONFIGURED
+        });
+    };
+    let h = match Helper::connect().await {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("ocf:ferry:service: {e}");
+            return code(OCF_ERR_INSTALLED);
+        }
+    };
+    let cfg = match h.config(&service).await {
+        Ok(c) => c,
+        Err(FerryError::HelperDown(m)) => {
+            eprintln!("ocf:ferry:service: {m}");
+            return code(OCF_ERR_INSTALLED);
+        }
+        Err(e) => {
+            eprintln!("ocf:ferry:service: {e}");
+            return code(OCF_ERR_CONFIGURED);
+        }
+    };
+    let node = match h.node_name().await {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("ocf:ferry:service: {e}");
+            return code(OCF_ERR_GENERIC);
+        }
+    };
+    match action {
+        "validate-all" => {
+            if cfg.nodes.iter().any(|n| *n == node) {
+                code(OCF_SUCCESS)
+            } else {
+                eprintln!(
+                    "ocf:ferry:service: {node} is not one of the nodes of '{service}' ({})",
+                    cfg.nodes.join(" ")
+                );
+                code(OCF_ERR_CONFIGURED)
+            }
+        }
+        "monitor" => code(monitor(&h, &cfg).await),
+        "start" => code(start(&h, &cfg, &node).await),
+        _ => code(stop(&h, &cfg).await),
+    }
+}
+
+async fn monitor(h: &Helper, cfg: &ServiceConfig) -> u8 {
+    let statuses = match h.service(&cfg.name).await {
+        Ok(s) => s.status().await,
+        Err(e) => {
+            eprintln!("ocf:ferry:service: {e}");
+            return OCF_ERR_GENERIC;
+        }
+    };
+    match statuses {
+        Ok(st) => match presence(cfg, &st) {
+            Presence::Running => OCF_SUCCESS,
+            Presence::Stopped => OCF_NOT_RUNNING,
+            Presence::Partial(why) => {
+                eprintln!(
+                    "ocf:ferry:service: '{}' is partly up here: {}",
+                    cfg.name,
+                    why.join("; ")
+                );
+                OCF_ERR_GENERIC
+            }
+        },
+        Err(e) => {
+            eprintln!("ocf:ferry:service: status of '{}': {e}", cfg.name);
+            OCF_ERR_GENERIC
+        }
+    }
+}
+
+async fn start(h: &Helper, cfg: &ServiceConfig, node: &str) -> u8 {
+    if monitor(h, cfg).await == OCF_SUCCESS {
+        return OCF_SUCCESS;
+    }
+    if let Err(e) = crate::action::start(h, cfg, node, &[], &Log::new(&cfg.name)).await {
+        eprintln!("ocf:ferry:service: start of '{}' failed: {e}", cfg.name);
+        return OCF_ERR_GENERIC;
+    }
+    match monitor(h, cfg).await {
+        OCF_SUCCESS => OCF_SUCCESS,
+        _ => OCF_ERR_GENERIC,
+    }
+}
+
+async fn stop(h: &Helper, cfg: &ServiceConfig) -> u8 {
+    if monitor(h, cfg).await == OCF_NOT_RUNNING {
+        return OCF_SUCCESS;
+    }
+    if let Err(e) = crate::action::stop(h, cfg, &[], &Log::new(&cfg.name)).await {
+        eprintln!("ocf:ferry:service: stop of '{}' failed: {e}", cfg.name);
+        return OCF_ERR_GENERIC;
+    }
+    // Stopped means nothing left here; anything else must make Pacemaker
+    // fence this node rather than start the service elsewhere.
+    match monitor(h, cfg).await {
+        OCF_NOT_RUNNING => OCF_SUCCESS,
+        _ => OCF_ERR_GENERIC,
+    }
+}
+
+/// The Pacemaker resource that manages `service` on this cluster, if any:
+/// `ferry relocate` must not move such a service behind the cluster's back.
+pub fn pacemaker_resource(service: &str) -> Option<String> {
+    let out = std::process::Command::new("cibadmin")
+        .args(["--query", "--scope", "resources"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    find_primitive(&String::from_utf8_lossy(&out.stdout), service)
+}
+
+/// In a CIB `resources` section, the id of the `ocf:ferry:service`
+/// primitive whose `service` parameter is `service`.
+fn find_primitive(cib: &str, service: &str) -> Option<String> {
+    let attr = |tag: &str, name: &str| -> Option<String> {
+        let key = format!("{name}=\"");
+        let start = tag.find(&key)? + key.len();
+        Some(tag[start..].split('"').next()?.to_string())
+    };
+    for chunk in cib.split("<primitive ").skip(1) {
+        let head = chunk.split('>').next().unwrap_or("");
+        if attr(head, "provider").as_deref() != Some("ferry")
+            || attr(head, "type").as_deref() != Some("service")
+        {
+            continue;
+        }
+        let body = chunk.split("</primitive>").next().unwrap_or("");
+        let managed = body.split("<nvpair ").skip(1).any(|nv| {
+            attr(nv, "name").as_deref() == Some("service")
+                && attr(nv, "value").as_deref() == Some(service)
+        });
+        if managed {
+            return attr(head, "id");
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(rid: &str, state: &str, comments: &[&str]) -> ResourceStatus {
+        ResourceStatus {
+            rid: rid.into(),
+            state: state.into(),
+            label: String::new(),
+            comments: comments.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    fn cfg() -> ServiceConfig {
+        ferry_core::config::parse_service(
+            "/x/svc.conf",
+            "[DEFAULT]\nnodes = n1 n2\n[ip#1]\nipdev = lab0\nipname = 203.0.113.25\n\
+             [lease#1]\ndev = /dev/loop9\n[fs#1]\ndev = /dev/loop8\nmnt = /srv/x\ntype = ext4\n",
+        )
+        .expect("valid")
+    }
+
+    #[test]
+    fn monitor_is_exact() {
+        let c = cfg();
+        let all = |a: &str, b: &str, c2: &str| {
+            vec![
+                st("ip#1", a, &[]),
+                st("lease#1", b, &[]),
+                st("fs#1", c2, &[]),
+            ]
+        };
+        assert_eq!(presence(&c, &all("up", "up", "up")), Presence::Running);
+        assert_eq!(
+            presence(&c, &all("down", "down", "down")),
+            Presence::Stopped
+        );
+        // the address removed by hand while the disk is still mounted
+        assert!(matches!(
+            presence(&c, &all("down", "up", "up")),
+            Presence::Partial(_)
+        ));
+        // not mounted here, but a copy lives in another mount namespace
+        let copy = vec![
+            st("ip#1", "down", &[]),
+            st("lease#1", "down", &[]),
+            st("fs#1", "warn", &["/dev/loop8 is live on this node"]),
+        ];
+        assert!(matches!(presence(&c, &copy), Presence::Partial(_)));
+        // a passive node: the lease is held by the other node
+        let passive = vec![
+            st("ip#1", "down", &[]),
+            st("lease#1", "warn", &["held by n2 (host_id 2)"]),
+            st("fs#1", "down", &[]),
+        ];
+        assert_eq!(presence(&c, &passive), Presence::Stopped);
+        // but an orphaned lease of this node is not "stopped"
+        let orphan = vec![
+            st("ip#1", "down", &[]),
+            st(
+                "lease#1",
+                "warn",
+                &["orphaned: this node's host id holds it, no helper process does"],
+            ),
+            st("fs#1", "down", &[]),
+        ];
+        assert!(matches!(presence(&c, &orphan), Presence::Partial(_)));
+    }
+
+    #[test]
+    fn finds_the_managing_primitive() {
+        let cib = r#"<resources>
+  <primitive id="web" class="ocf" provider="heartbeat" type="apache"/>
+  <primitive id="bb" class="ocf" provider="ferry" type="service">
+    <instance_attributes id="bb-ia"><nvpair id="bb-s" name="service" value="busybox"/></instance_attributes>
+  </primitive>
+</resources>"#;
+        assert_eq!(find_primitive(cib, "busybox").as_deref(), Some("bb"));
+        assert_eq!(find_primitive(cib, "other"), None);
+    }
+
+    #[test]
+    fn meta_data_names_the_parameter_and_actions() {
+        for needle in [
+            "<parameter name=\"service\" unique=\"1\" required=\"1\">",
+            "<action name=\"monitor\"",
+            "<action name=\"validate-all\"",
+            "<!DOCTYPE resource-agent SYSTEM \"ra-api-1.dtd\">",
+        ] {
+            assert!(META_DATA.contains(needle), "{needle}");
+        }
+    }
+}
