@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PREFIX ?= /usr/local
 
-.PHONY: all build deps demo check lint unit integration bench install clean lab-down
+.PHONY: all build deps demo check lint unit integration bench soak install clean lab-down
 
 all: build
 
@@ -32,6 +32,10 @@ integration: build
 
 bench: deps build
 	bash tests/bench/relocate.sh
+
+# Not in check: N relocations with a checksummed file, e2fsck -fn at the end.
+soak: deps build
+	bash tests/soak/relocate.sh $(or $(N),50)
 
 lab-down:
 	bash tests/lab/lab down

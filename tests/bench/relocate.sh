@@ -108,6 +108,7 @@ parse_ferry() {
         else if (line ~ / vgchange -a n /)                            put("vg_deact", ms(line))
         else if (line ~ / vgchange --deltag /)                        put("vg_untag", ms(line))
         else if (line ~ / ip addr del /)                              put("ip_del", ms(line))
+        else if (line ~ / release lease /)                            put("lease_rel", ms(line))
         else if (match(line, /relocated to [^:]+: stop [0-9]+ ms, check down [0-9]+ ms, start [0-9]+ ms; downtime [0-9]+ ms/)) {
           s = substr(line, RSTART, RLENGTH); gsub(/[^0-9 ]/, " ", s); n = split(s, f, " ")
           put("stop_total", f[n-3]); put("check_down", f[n-2]); put("start_seen", f[n-1]); put("downtime", f[n])
@@ -116,6 +117,7 @@ parse_ferry() {
       } else {
         if (line ~ / ip addr add .*\([0-9]+ ms\)$/)                 put("ip_add", ms(line))
         else if (line ~ / gratuitous arp .*\([0-9]+ ms\)$/)         put("announce", ms(line))
+        else if (line ~ / acquire lease /)                            put("lease_acq", ms(line))
         else if (line ~ / vgchange --addtag /)                        put("vg_tag", ms(line))
         else if (line ~ / vgchange -a y /)                            put("vg_act", ms(line))
         else if (line ~ / mount -t .*\([0-9]+ ms\)$/)               put("fs_mount", ms(line))
@@ -128,7 +130,7 @@ parse_ferry() {
     }
     END {
       if (start_seen != "" && start_done != "") put("start_overhead", start_seen - start_done)
-      n = split("precheck c_stop d_stop umount vg_deact vg_untag ip_del ip_add announce vg_tag vg_act fs_mount d_start c_start start_done downtime", want, " ")
+      n = split("precheck c_stop d_stop umount vg_deact vg_untag lease_rel ip_del ip_add announce lease_acq vg_tag vg_act fs_mount d_start c_start start_done downtime", want, " ")
       for (i = 1; i <= n; i++) if (!seen[want[i]]) printf "bench: warning: no %s line in this ferry output\n", want[i] > "/dev/stderr"
     }' "$file" >>"$SAMPLES"
 }
@@ -426,7 +428,7 @@ mkdir -p "$OUTDIR"
   echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
   echo "- machine: $(nproc) CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), kernel $(uname -r), $(awk '/^MemTotal/ {printf "%.1f GiB RAM", $2 / 1048576}' /proc/meminfo)"
   echo "- ferry: $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown), binaries from ${BIN#"$REPO"/}"
-  echo "- lab: tests/lab/lab, two nodes; service busybox (ip, vg, fs, one container on a private containerd + dockerd)"
+  echo "- lab: tests/lab/lab, two nodes; service busybox (ip, sanlock lease at io_timeout 1, vg, fs, one container on a private containerd + dockerd). The plain shell takes no lease: ferry's downtime includes its lease and its guards, the shell's has neither."
   echo "- samples: $RUNS rounds, each node1 → node2 → node1 by ferry, then the same by plain shell: $((2 * RUNS)) relocations of each, half each way, after one uncounted warm-up round of each"
   echo "- all times in ms: median (min–max). ferry: each helper call's own time as \`ferry relocate\` prints it (as op; the target's lines come over ssh). plain shell: each command as root inside the node, timed in-node with \`\$EPOCHREALTIME\` (no lab-exec or ssh cost). DESIGN §7: the raw medians measured when the lab was designed."
   echo
@@ -438,6 +440,7 @@ mkdir -p "$OUTDIR"
   row "\`umount\` (\`-R\`) the fs" umount umount 7
   row "\`vgchange -a n\`" vg_deact vg_deact ""
   row "\`vgchange --deltag\`" vg_untag vg_untag ""
+  row "lease release (sanlock, through the library; shell: no lease)" lease_rel - ""
   row "\`ip addr del\`" ip_del ip_del 4
   row "**stop total** (ferry: \`stop\` as timed by relocate)" stop_total stop_total ""
   row "check down here (ferry status)" check_down - ""
@@ -446,6 +449,7 @@ mkdir -p "$OUTDIR"
   row "&nbsp;&nbsp;↳ free-address check (shell: iputils \`arping -D -c1 -w1\`)" - arp_probe 1010
   row "&nbsp;&nbsp;↳ \`ip addr add\`" - ip_addr_add ""
   row "announce (gratuitous ARP; shell: busybox \`arping -U -c1\`)" announce announce 15
+  row "lease acquire (sanlock, persistent, OWNER_NOWAIT; shell: no lease)" lease_acq - ""
   row "\`vgchange --addtag\` (ferry: reads the tags first)" vg_tag vg_tag ""
   row "\`vgchange -a y\`" vg_act vg_act ""
   row "fs: \`e2fsck -p\` + \`mount -t ext4\`" fs_mount fs_mount "13"

@@ -30,16 +30,16 @@ t_busctl_from_a_plain_shell() {
   contains "/io/ferry/Helper1/service/busybox/ip_231"
   contains "/io/ferry/Helper1/service/busybox/container_231"
   expect_ok as guest node1 busctl --system call io.ferry.Helper1 /io/ferry/Helper1/service/busybox io.ferry.Helper1.Service Status
-  matches '^a\(sssas\) 4 '
+  matches '^a\(sssas\) 5 '
   contains '"ip#1" "down" "203.0.113.25@lab0"'
   expect_ok as guest node1 busctl --system get-property io.ferry.Helper1 /io/ferry/Helper1/service/busybox/fs_231 io.ferry.Helper1.Fs Settings
   contains '"mnt" "/srv/busybox"'
   # a mutating method over busctl is still polkit's decision
   expect_code 1 as guest node1 dbus-send --system --print-reply --dest=io.ferry.Helper1 /io/ferry/Helper1/service/busybox/ip_231 io.ferry.Helper1.Ip.Add
   contains "Error io.ferry.Helper1.Error.NotAuthorized: uid 2103 is not authorized for io.ferry.ip.add"
-  # an operator may mount, but not around the volume group's tag
+  # an operator may mount, but not around the address, the lease and the tag
   expect_code 1 as op node1 dbus-send --system --print-reply --dest=io.ferry.Helper1 /io/ferry/Helper1/service/busybox/fs_231 io.ferry.Helper1.Fs.Mount
-  contains "Error io.ferry.Helper1.Error.Busy: vgbusybox is not tagged node1 (no tag)"
+  contains "Error io.ferry.Helper1.Error.OutOfOrder: fs#1: refusing to mount on node1 for service 'busybox': ip#1 (203.0.113.25) is not up here"
   node_is_clean node1
 }
 

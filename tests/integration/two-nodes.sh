@@ -79,9 +79,11 @@ t_start_on_passive_node_is_refused() {
   ! node_has_vip node2 || fail "node2 kept the address"
   # nor by going to the disks directly over the bus
   expect_code 1 as op node2 dbus-send --system --print-reply --dest=io.ferry.Helper1 /io/ferry/Helper1/service/busybox/vg_231 io.ferry.Helper1.Vg.Tag
-  contains "Error io.ferry.Helper1.Error.Busy: vgbusybox is tagged by node1: the service may run there"
+  contains "Error io.ferry.Helper1.Error.OutOfOrder: vg#1: refusing to tag on node2 for service 'busybox': ip#1 (203.0.113.25) is not up here"
   expect_code 1 as op node2 dbus-send --system --print-reply --dest=io.ferry.Helper1 /io/ferry/Helper1/service/busybox/fs_231 io.ferry.Helper1.Fs.Mount
-  contains "vgbusybox is not tagged node2 (tagged node1)"
+  contains "ip#1 (203.0.113.25) is not up here"
+  expect_code 1 as op node2 dbus-send --system --print-reply --dest=io.ferry.Helper1 /io/ferry/Helper1/service/busybox/lease_231 io.ferry.Helper1.Lease.Acquire
+  contains "ip#1 (203.0.113.25) is not up here"
   ! node_has_mount node2 || fail "node2 mounted the shared fs"
   root_on node1 vgs --noheadings -o vg_tags vgbusybox | grep -q node1 || fail "node1 lost its vg tag"
   expect_ok as op node1 ferry status busybox --local
@@ -185,8 +187,8 @@ t_lock_serializes_actions() {
 }
 
 t_unreachable_node_is_bounded() {
-  root_on node1 sh -c 'printf "[node]\nssh_connect_timeout = 2\n" > /etc/ferry/ferry.conf'
-  trap 'root_on node2 ip link set lab0 up; root_on node1 rm -f /etc/ferry/ferry.conf' EXIT
+  root_on node1 sh -c 'cp /etc/ferry/ferry.conf /etc/ferry/ferry.conf.lab && sed -i "/^\[node\]/a ssh_connect_timeout = 2" /etc/ferry/ferry.conf'
+  trap 'root_on node2 ip link set lab0 up; root_on node1 mv /etc/ferry/ferry.conf.lab /etc/ferry/ferry.conf' EXIT
   root_on node2 ip link set lab0 down
   local t0=$(date +%s)
   expect_ok as op node1 ferry status busybox --all-nodes
@@ -195,18 +197,19 @@ t_unreachable_node_is_bounded() {
   # Back up, node2 takes the service: the link flap must not leave node2's
   # ARP probe reading stale announcements as answers.
   root_on node2 ip link set lab0 up
-  root_on node1 rm -f /etc/ferry/ferry.conf
+  root_on node1 mv /etc/ferry/ferry.conf.lab /etc/ferry/ferry.conf
+  trap - EXIT
   expect_ok as op node1 ferry relocate busybox --to node2
   expect_ok as op node2 ferry relocate busybox --to node1
 }
 
 t_sudo_mode_relocation() {
   local ID; ID=$(saved_id)
-  trap 'for n in node1 node2; do root_on $n rm -f /etc/ferry/ferry.conf /etc/sudoers.d/ferry; done' EXIT
+  trap 'for n in node1 node2; do root_on $n mv /etc/ferry/ferry.conf.lab /etc/ferry/ferry.conf; root_on $n rm -f /etc/sudoers.d/ferry; done' EXIT
   for n in node1 node2; do
     root_on $n sh -c 'groupadd -g 2003 ferry-sudo && usermod -aG ferry-sudo sudoop'
     root_on $n install -m 0440 /dev/stdin /etc/sudoers.d/ferry < "$REPO/sudo/ferry"
-    root_on $n sh -c 'printf "[node]\nremote = sudo\n" > /etc/ferry/ferry.conf'
+    root_on $n sh -c 'cp /etc/ferry/ferry.conf /etc/ferry/ferry.conf.lab && sed -i "/^\[node\]/a remote = sudo" /etc/ferry/ferry.conf'
   done
   # polkit alone refuses sudoop …
   expect_code 3 as sudoop node1 ferry stop busybox
