@@ -17,8 +17,8 @@ use zbus::{interface, Connection};
 
 use crate::arp;
 use crate::cmd;
+use crate::ctx::ResCtx;
 use crate::error::{HelperError, Result};
-use crate::registry::ResCtx;
 
 pub struct IpObject {
     pub ctx: ResCtx,
