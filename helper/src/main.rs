@@ -14,6 +14,8 @@ mod fs;
 mod ip;
 mod manager;
 mod registry;
+#[allow(dead_code)] // used by the lease code that comes next
+mod sanlock;
 mod service;
 mod vg;
 
