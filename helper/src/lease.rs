@@ -397,20 +397,29 @@ async fn acquire(reg: &Registry, svc: &ServiceConfig, c: &LeaseConfig) -> Result
         Err(e) => e,
     };
     forget_registration_on(&e);
-    let ids = owners(&area).await.unwrap_or_default();
-    let mine = reg.node_conf().host_id.is_some_and(|h| ids.contains(&h));
-    if mine && readopt(&area).await? {
+    if e.is_orphan_here() && readopt(&area).await? {
         return Ok(vec![format!(
             "re-adopt this node's orphaned lease {}",
             area.label()
         )]);
     }
-    if !ids.is_empty() && !mine {
+    let me = reg.node_conf().host_id;
+    let others: Vec<u64> = owners(&area)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|id| Some(*id) != me)
+        .collect();
+    if e.is_held_elsewhere() || !others.is_empty() {
+        let ids = if others.is_empty() {
+            "another host".to_string()
+        } else {
+            holder_names(reg, &others)
+        };
         return Err(HelperError::LeaseHeld(format!(
-            "lease {} is held by {}: the service runs there (or that node died less than \
-             8 x io_timeout + 60 s = {} s ago, after which the lease frees itself)",
+            "lease {} is held by {ids}: the service runs there (or that node died less than \
+             8 x io_timeout + 60 s = {} s ago, after which the lease frees itself; {e})",
             area.label(),
-            holder_names(reg, &ids),
             8 * u64::from(area.io_timeout) + 60
         )));
     }
