@@ -170,7 +170,7 @@ pub fn join_in_background(reg: &Arc<Registry>, svc: &ServiceConfig) {
                 return;
             }
         }
-        match readopt(&area).await {
+        match readopt(&reg, &area).await {
             Ok(true) => {
                 info!(service = %service, lockspace = %area.lockspace, "re-adopted this node's orphaned lease")
             }
@@ -239,8 +239,17 @@ async fn ensure_joined(reg: &Registry, area: &Area) -> Result<()> {
 }
 
 /// Take back a persistent lease this host holds but no process does (the
-/// previous helper died). Ok(false): there was none.
-async fn readopt(area: &Area) -> Result<bool> {
+/// previous helper died). Ok(false): there was none. sanlock's orphan
+/// acquire also takes a *free* lease, so the disk must first show this
+/// host as an owner: a helper that starts must not grab the leases of
+/// services that run nowhere.
+async fn readopt(reg: &Registry, area: &Area) -> Result<bool> {
+    let Some(me) = reg.node_conf().host_id else {
+        return Ok(false);
+    };
+    if !owners(area).await?.contains(&me) || held_by_us(area).await? {
+        return Ok(false);
+    }
     let a = area.clone();
     let r = blocking(move || {
         let reg = registration()?;
@@ -256,14 +265,10 @@ async fn readopt(area: &Area) -> Result<bool> {
         )
     })
     .await?;
-    match r {
-        Ok(()) => Ok(true),
-        Err(e) if e.is_not_orphan() => Ok(false),
-        Err(e) => {
-            forget_registration_on(&e);
-            Err(HelperError::failed(e.to_string()))
-        }
-    }
+    r.map(|()| true).map_err(|e| {
+        forget_registration_on(&e);
+        HelperError::failed(format!("cannot re-adopt lease {}: {e}", area.label()))
+    })
 }
 
 /// Does this helper hold the lease now?
@@ -397,7 +402,7 @@ async fn acquire(reg: &Registry, svc: &ServiceConfig, c: &LeaseConfig) -> Result
         Err(e) => e,
     };
     forget_registration_on(&e);
-    if e.is_orphan_here() && readopt(&area).await? {
+    if e.is_orphan_here() && readopt(reg, &area).await? {
         return Ok(vec![format!(
             "re-adopt this node's orphaned lease {}",
             area.label()

@@ -191,11 +191,6 @@ impl SanlockError {
         self.code == -libc::EUCLEAN
     }
 
-    /// An orphan acquire found no orphan of this host to adopt.
-    pub fn is_not_orphan(&self) -> bool {
-        self.code == -libc::ENOENT
-    }
-
     /// A name for the code and what it means, for people reading the log.
     fn meaning(&self) -> &'static str {
         let c = self.code;
