@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Install what building and testing ferry needs on a fresh Debian 12, when it
 # is missing. Idempotent; quiet when everything is there.
+# libsanlock-dev + pkg-config: the helper links libsanlock_client. gcc (cc)
+# and libc6-dev: the lab builds its sanlock rlimit shim.
 set -euo pipefail
 packages=(docker.io containerd tini dbus polkitd openssh-server openssh-client sudo lvm2
-  busybox-static iputils-arping e2fsprogs psmisc iproute2 util-linux systemd procps)
+  busybox-static iputils-arping e2fsprogs psmisc iproute2 util-linux systemd procps
+  sanlock libsanlock-dev pkg-config gcc libc6-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -12,6 +12,9 @@
 use std::ffi::{c_char, c_int, CStr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Mutex;
+use std::time::Instant;
+
+use tracing::debug;
 
 // ------------------------------------------------------------------ C side
 
@@ -23,6 +26,13 @@ const SANLK_ACQUIRE_ORPHAN: u32 = 0x2;
 const SANLK_ACQUIRE_OWNER_NOWAIT: u32 = 0x8;
 const SANLK_REL_ORPHAN: u32 = 0x4;
 const SANLK_INQ_WAIT: u32 = 0x1;
+
+// sanlk_host.flags & SANLK_HOST_MASK, from sanlock_admin.h.
+const SANLK_HOST_MASK: u32 = 0xf;
+const SANLK_HOST_FREE: u32 = 0x2;
+const SANLK_HOST_LIVE: u32 = 0x3;
+const SANLK_HOST_FAIL: u32 = 0x4;
+const SANLK_HOST_DEAD: u32 = 0x5;
 
 // Return codes from sanlock_rv.h (the ones worth naming).
 const SANLK_LEADER_MAGIC: i32 = -223;
@@ -131,6 +141,13 @@ extern "C" {
         res: *mut SanlkResource,
         max_hosts: c_int,
         num_hosts: c_int,
+        flags: u32,
+    ) -> c_int;
+    fn sanlock_get_hosts(
+        ls_name: *const c_char,
+        host_id: u64,
+        hss: *mut *mut SanlkHost,
+        hss_count: *mut c_int,
         flags: u32,
     ) -> c_int;
     fn sanlock_read_resource_owners(
@@ -397,8 +414,16 @@ pub fn add_lockspace(lockspace: &str, host_id: u64, disk: &Disk, io_timeout: u32
         return Err(SanlockError::new(OP, -libc::EINVAL));
     }
     let mut ls = make_lockspace(OP, lockspace, host_id, disk)?;
+    let t0 = Instant::now();
     // SAFETY: ls is a fully initialized sanlk_lockspace.
     let rv = unsafe { sanlock_add_lockspace_timeout(&mut ls, 0, io_timeout) };
+    debug!(
+        lockspace,
+        host_id,
+        rv,
+        ms = t0.elapsed().as_millis() as u64,
+        "sanlock add_lockspace"
+    );
     if rv == -libc::EEXIST {
         return Ok(());
     }
@@ -443,6 +468,9 @@ pub struct AcquireFlags {
     pub orphan: bool,
     /// Refuse at once when another host owns the lease, instead of waiting
     /// (up to 2 × io_timeout) for its owner to show signs of life.
+    /// Measured: ~1 ms (-243 IDLIVE) once this daemon has watched the
+    /// owner's host lease; the first refusal within seconds of joining the
+    /// lockspace still takes ~1 × io_timeout (-247 OWNED_RETRY).
     pub owner_nowait: bool,
 }
 
@@ -515,8 +543,9 @@ impl Registration {
         }
         let mut args = [&mut r.res as *mut SanlkResource];
         let _turn = self.turn();
+        let t0 = Instant::now();
         // SAFETY: one valid resource (with its disk) in args; no options.
-        check(OP, unsafe {
+        let rv = unsafe {
             sanlock_acquire(
                 self.fd.as_raw_fd(),
                 -1,
@@ -525,7 +554,16 @@ impl Registration {
                 args.as_mut_ptr(),
                 std::ptr::null_mut(),
             )
-        })?;
+        };
+        debug!(
+            lockspace,
+            resource,
+            ?flags,
+            rv,
+            ms = t0.elapsed().as_millis() as u64,
+            "sanlock acquire"
+        );
+        check(OP, rv)?;
         Ok(())
     }
 
@@ -536,10 +574,17 @@ impl Registration {
         let mut r = make_resource(OP, lockspace, resource, disk)?;
         let mut args = [&mut r.res as *mut SanlkResource];
         let _turn = self.turn();
+        let t0 = Instant::now();
         // SAFETY: one valid resource in args.
-        check(OP, unsafe {
-            sanlock_release(self.fd.as_raw_fd(), -1, 0, 1, args.as_mut_ptr())
-        })?;
+        let rv = unsafe { sanlock_release(self.fd.as_raw_fd(), -1, 0, 1, args.as_mut_ptr()) };
+        debug!(
+            lockspace,
+            resource,
+            rv,
+            ms = t0.elapsed().as_millis() as u64,
+            "sanlock release"
+        );
+        check(OP, rv)?;
         Ok(())
     }
 
@@ -605,10 +650,109 @@ fn parse_state(s: &str) -> Vec<(String, String)> {
 /// The host ids that own the resource lease now, read from disk by the
 /// daemon without acquiring anything. Empty when the lease is free.
 ///
-/// This is the on-disk view: a host whose daemon died still shows as owner
-/// until another host takes the lease over, and an orphaned persistent
-/// lease still shows its host.
+/// This is the on-disk view, blind to liveness: a host whose daemon died
+/// still shows as owner until another host takes the lease over, and an
+/// orphaned persistent lease still shows its host. `owner_states` adds
+/// what the local daemon knows of each owner.
 pub fn owners(lockspace: &str, resource: &str, disk: &Disk) -> Result<Vec<u64>> {
+    let mut ids: Vec<u64> = read_owners(lockspace, resource, disk)?
+        .iter()
+        .map(|h| h.host_id)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// What this node's daemon knows of another host's liveness (from watching
+/// its host_id lease in the lockspace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostState {
+    /// Renewing its host_id lease: its leases are in force.
+    Live,
+    /// Has stopped renewing for a while; may be recovering. Still blocks.
+    Fail,
+    /// Has stopped renewing long enough that its watchdog would have fired:
+    /// its leases can be taken over.
+    Dead,
+    /// Its host_id lease is released (it left the lockspace cleanly).
+    Free,
+    /// The owner record is of an older generation of that host, or the host
+    /// is not in the lockspace at all: its ownership is stale.
+    Gone,
+    /// Not watched long enough to tell (e.g. for ~2 s after joining).
+    Unknown,
+}
+
+/// One owner of a resource lease, with what this node knows about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub host_id: u64,
+    pub state: HostState,
+}
+
+/// The resource's owners (as `owners`) with each owner's liveness as this
+/// node's daemon sees it, the way `sanlock_test_resource_owners` judges
+/// them: only Live, Fail and Unknown owners would make an acquire fail.
+/// Needs this node to have joined the lockspace (else -ENOENT).
+///
+/// Measured at io_timeout 1 after an owner's daemon was killed: Live for
+/// ~10 s, then Fail, then Dead at ~71-76 s, when an acquire elsewhere
+/// succeeds.
+pub fn owner_states(lockspace: &str, resource: &str, disk: &Disk) -> Result<Vec<Owner>> {
+    const OP: &str = "get hosts";
+    let owners = read_owners(lockspace, resource, disk)?;
+    let mut ls_name = [0 as c_char; SANLK_NAME_LEN];
+    name(OP, &mut ls_name, lockspace)?;
+    let mut hss: *mut SanlkHost = std::ptr::null_mut();
+    let mut n: c_int = 0;
+    // SAFETY: ls_name is NUL-terminated; host_id 0 asks for every host; the
+    // library mallocs n hosts into hss, ours to free.
+    let rv = unsafe { sanlock_get_hosts(ls_name.as_ptr(), 0, &mut hss, &mut n, 0) };
+    let hosts = take_hosts(hss, n);
+    // Measured: for ~2 s after joining, the daemon has no host list yet and
+    // answers -EAGAIN. That is "cannot tell yet", not a failure.
+    let known = rv != -libc::EAGAIN;
+    if known {
+        check(OP, rv)?;
+    }
+    Ok(owners
+        .iter()
+        .map(|o| {
+            let state = match hosts.iter().find(|h| h.host_id == o.host_id) {
+                _ if !known => HostState::Unknown,
+                Some(h) if h.generation == o.generation => match h.flags & SANLK_HOST_MASK {
+                    SANLK_HOST_LIVE => HostState::Live,
+                    SANLK_HOST_FAIL => HostState::Fail,
+                    SANLK_HOST_DEAD => HostState::Dead,
+                    SANLK_HOST_FREE => HostState::Free,
+                    _ => HostState::Unknown,
+                },
+                _ => HostState::Gone,
+            };
+            Owner {
+                host_id: o.host_id,
+                state,
+            }
+        })
+        .collect())
+}
+
+/// Copy a malloc'd array of `n` hosts from the library and free it.
+fn take_hosts(hss: *mut SanlkHost, n: c_int) -> Vec<SanlkHost> {
+    if hss.is_null() {
+        return Vec::new();
+    }
+    let n = usize::try_from(n).unwrap_or(0);
+    // SAFETY: the library returned hss pointing to n initialized structs.
+    let v = unsafe { std::slice::from_raw_parts(hss, n) }.to_vec();
+    // SAFETY: allocated by the library with malloc, not used after this.
+    unsafe { libc::free(hss.cast()) };
+    v
+}
+
+/// The owner records of a resource lease, read from disk by the daemon.
+fn read_owners(lockspace: &str, resource: &str, disk: &Disk) -> Result<Vec<SanlkHost>> {
     const OP: &str = "read owners";
     let mut r = make_resource(OP, lockspace, resource, disk)?;
     let mut hss: *mut SanlkHost = std::ptr::null_mut();
@@ -616,18 +760,9 @@ pub fn owners(lockspace: &str, resource: &str, disk: &Disk) -> Result<Vec<u64>> 
     // SAFETY: r is a valid resource with one disk; the library mallocs an
     // array of n hosts into hss, ours to free.
     let rv = unsafe { sanlock_read_resource_owners(&mut r.res, 0, &mut hss, &mut n) };
-    let mut ids = Vec::new();
-    if !hss.is_null() {
-        let n = usize::try_from(n).unwrap_or(0);
-        // SAFETY: hss points to n initialized sanlk_host structs.
-        let hosts = unsafe { std::slice::from_raw_parts(hss, n) };
-        ids.extend(hosts.iter().map(|h| h.host_id).filter(|&id| id != 0));
-        unsafe { libc::free(hss.cast()) };
-    }
+    let hosts = take_hosts(hss, n);
     check(OP, rv)?;
-    ids.sort_unstable();
-    ids.dedup();
-    Ok(ids)
+    Ok(hosts.into_iter().filter(|h| h.host_id != 0).collect())
 }
 
 /// Release this host's orphaned persistent lease on the resource (one no
@@ -645,7 +780,7 @@ pub fn release_orphan(lockspace: &str, resource: &str, disk: &Disk) -> Result<()
     let reg = register()?;
     let mut args = [&mut r.res as *mut SanlkResource];
     // SAFETY: one valid resource in args, on our own registered socket.
-    check(OP, unsafe {
+    let rv = unsafe {
         sanlock_release(
             reg.fd.as_raw_fd(),
             -1,
@@ -653,7 +788,9 @@ pub fn release_orphan(lockspace: &str, resource: &str, disk: &Disk) -> Result<()
             1,
             args.as_mut_ptr(),
         )
-    })?;
+    };
+    debug!(lockspace, resource, rv, "sanlock release orphan");
+    check(OP, rv)?;
     Ok(())
 }
 
