@@ -28,6 +28,8 @@ pub struct Registry {
     locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Serializes config reloads, so two never interleave their exports.
     reload: Mutex<()>,
+    /// Who holds each service's caller lock (Service.Lock), see crate::lock.
+    holds: crate::lock::Locks,
 }
 
 /// What every resource object carries: which service and rid it stands for.
@@ -78,6 +80,7 @@ impl Registry {
             services: RwLock::new(BTreeMap::new()),
             locks: StdMutex::new(HashMap::new()),
             reload: Mutex::new(()),
+            holds: crate::lock::Locks::default(),
         }
     }
 
@@ -91,6 +94,10 @@ impl Registry {
 
     pub fn authority(&self) -> &AuthorityProxy<'static> {
         &self.authority
+    }
+
+    pub fn holds(&self) -> &crate::lock::Locks {
+        &self.holds
     }
 
     pub fn service(&self, name: &str) -> Result<Arc<ServiceConfig>> {
