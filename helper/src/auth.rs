@@ -128,8 +128,14 @@ pub async fn authorize(
     if result.is_authorized {
         Ok(())
     } else {
+        // Service-wide actions (lock, config install) have no rid.
+        let rid = if rid.is_empty() {
+            String::new()
+        } else {
+            format!(" ({rid})")
+        };
         Err(HelperError::NotAuthorized(format!(
-            "uid {} is not authorized for {action} on service '{service}' ({rid}) on {node}; \
+            "uid {} is not authorized for {action} on service '{service}'{rid} on {node}; \
              a polkit rule must grant it, e.g. membership in group ferry-operators or ferry-svc-{service}",
             caller.uid
         )))
