@@ -152,6 +152,24 @@ t_lock_holder_blocks_others_until_killed() {
   node_is_clean node1
 }
 
+t_a_running_action_holds_the_lock_throughout() {
+  # While op's start runs, another operator's plain busctl call on the
+  # service is refused: the lock is held across the whole action.
+  as op node1 ferry start busybox >/dev/null 2>&1 &
+  local starter=$! i seen=no
+  for i in $(seq 100); do
+    OUT=$(as svcop node1 dbus-send --system --print-reply --dest=io.ferry.Helper1 $SVC_PATH/ip_231 io.ferry.Helper1.Ip.Announce 2>&1 || true)
+    if grep -qF "Error io.ferry.Helper1.Error.Locked" <<<"$OUT"; then seen=yes; break; fi
+    sleep 0.01
+  done
+  wait $starter || fail "op's start failed"
+  [ $seen = yes ] || fail "svcop's call was never refused during op's start"
+  contains "locked by uid 2101"
+  # once op's ferry has exited, the lock is free again
+  expect_ok as svcop node1 ferry stop busybox
+  node_is_clean node1
+}
+
 t_forged_and_oversized_names_stay_one_bounded_line() {
   local m forged big
   m=$(log_size)
@@ -219,6 +237,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 run_test "locks-audit: a planted lock symlink is harmless"        t_planted_lock_symlink_is_harmless
 run_test "locks-audit: guest cannot lock"                          t_guest_cannot_lock
 run_test "locks-audit: a holder blocks others until killed -9"    t_lock_holder_blocks_others_until_killed
+run_test "locks-audit: a running action holds the lock throughout" t_a_running_action_holds_the_lock_throughout
 run_test "locks-audit: forged/oversized names: one bounded line"  t_forged_and_oversized_names_stay_one_bounded_line
 run_test "locks-audit: docker refusals are audited"               t_docker_refusals_are_audited
 run_test "locks-audit: sudo callers are named in the audit"       t_sudo_callers_are_named
