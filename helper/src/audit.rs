@@ -28,7 +28,14 @@ pub fn clean_max(s: &str, max: usize) -> String {
     let mut out = String::with_capacity(s.len().min(max) + 16);
     let mut n = 0;
     for c in s.chars() {
-        for e in c.escape_debug() {
+        // A single quote is harmless inside the double-quoted values: left
+        // as is, messages that quote names stay readable.
+        let escaped = if c == '\'' {
+            '\''.to_string()
+        } else {
+            c.escape_debug().to_string()
+        };
+        for e in escaped.chars() {
             if n == max {
                 out.push_str(&format!("…({} bytes)", s.len()));
                 return out;
@@ -155,9 +162,11 @@ pub fn record(r: &Record<'_>) {
     let rid = quoted(r.rid);
     let args = r.args.map(clean_args);
     let kind = r.error.map(HelperError::kind);
+    // Quoted too: unquoted, an escaped message could still carry text that
+    // reads like the record's own fields (`uid=0 result="ok"`).
     let message = match (r.error, r.note) {
-        (Some(e), _) => clean_max(&e.message(), MESSAGE_MAX),
-        (None, Some(n)) => clean_max(n, MESSAGE_MAX),
+        (Some(e), _) => format!("\"{}\"", clean_max(&e.message(), MESSAGE_MAX)),
+        (None, Some(n)) => format!("\"{}\"", clean_max(n, MESSAGE_MAX)),
         (None, None) => String::new(),
     };
     // One macro call per level: tracing needs the level at compile time.
@@ -199,6 +208,7 @@ mod tests {
         // every quote is preceded by a backslash: a quoted value cannot end early
         assert!(!c.replace("\\\\", "").replace("\\\"", "").contains('"'));
         assert!(c.contains("\\n"));
+        assert_eq!(clean("service 'a'\t"), "service 'a'\\t");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use ferry_core::config;
 use zbus::message::{Flags, Header};
 use zbus_polkit::policykit1::{AuthorityProxy, CheckAuthorizationFlags, Subject};
 
-use crate::audit::{self, Outcome, Record};
+use crate::audit::{Outcome, Record};
 use crate::error::{HelperError, Result};
 use crate::registry::Registry;
 
@@ -85,9 +85,15 @@ pub fn check_service_name(service: &str) -> Result<()> {
     if config::valid_service_name(service) {
         Ok(())
     } else {
+        // Bounded for the reply; the audit escapes it when it logs the error.
+        let shown: String = service.chars().take(80).collect();
+        let more = if shown.len() < service.len() {
+            format!("…({} bytes)", service.len())
+        } else {
+            String::new()
+        };
         Err(HelperError::InvalidArgument(format!(
-            "'{}' is not a valid service name (letters, digits, '.', '-', '_'; at most 64)",
-            audit::clean(service)
+            "'{shown}{more}' is not a valid service name (letters, digits, '.', '-', '_'; at most 64)"
         )))
     }
 }
