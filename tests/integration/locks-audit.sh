@@ -5,7 +5,7 @@
 # Users (tests/lab/lab): op ∈ ferry-operators, svcop ∈ ferry-svc-busybox,
 # guest (no rights), sudoop (rights through sudo only).
 
-"$LAB" up 1 || { echo "lab up failed"; FAILED=$((FAILED + 1)); return 0; }
+"$LAB" up 2 || { echo "lab up failed"; FAILED=$((FAILED + 1)); return 0; }
 
 HELPER_LOG=/var/log/ferry-helper.log
 SVC_PATH=/io/ferry/Helper1/service/busybox
@@ -233,6 +233,27 @@ t_waitlock_out_of_range_is_a_usage_error() {
   node_is_clean node1
 }
 
+t_relocation_holds_the_source_lock() {
+  root_on node1 sed -i 's/^nodes = node1$/nodes = node1 node2/' /etc/ferry/services/busybox.conf
+  expect_ok as op node1 ferry reload
+  expect_ok as op node1 ferry sync busybox --force
+  expect_ok as op node1 ferry start busybox
+  # In ssh (polkit) mode the relocating process holds node1's lock through
+  # its own connection from the first check to the end.
+  as op node1 ferry relocate busybox --to node2 >/tmp/locks-audit-relocate.out 2>&1 &
+  local relocator=$! i seen=no
+  for i in $(seq 200); do
+    OUT=$(as svcop node1 dbus-send --system --print-reply --dest=io.ferry.Helper1 $SVC_PATH/ip_231 io.ferry.Helper1.Ip.Announce 2>&1 || true)
+    if grep -qF "Error io.ferry.Helper1.Error.Locked" <<<"$OUT"; then seen=yes; break; fi
+    sleep 0.01
+  done
+  wait $relocator || { cat /tmp/locks-audit-relocate.out; fail "relocation failed"; }
+  [ $seen = yes ] || fail "svcop's call on node1 was never refused during the relocation"
+  node_has_vip node2 || fail "not relocated"
+  expect_ok as op node2 ferry relocate busybox --to node1
+  node_is_clean node2
+}
+
 REPO=$(cd "$HERE/../.." && pwd)
 run_test "locks-audit: a planted lock symlink is harmless"        t_planted_lock_symlink_is_harmless
 run_test "locks-audit: guest cannot lock"                          t_guest_cannot_lock
@@ -242,5 +263,6 @@ run_test "locks-audit: forged/oversized names: one bounded line"  t_forged_and_o
 run_test "locks-audit: docker refusals are audited"               t_docker_refusals_are_audited
 run_test "locks-audit: sudo callers are named in the audit"       t_sudo_callers_are_named
 run_test "locks-audit: --waitlock out of range"                    t_waitlock_out_of_range_is_a_usage_error
+run_test "locks-audit: relocation holds the source's lock"        t_relocation_holds_the_source_lock
 
 "$LAB" down >/dev/null 2>&1 || true
