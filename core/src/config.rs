@@ -5,7 +5,7 @@
 //! can say `FILE:LINE: [section] key: what is wrong`. All errors of a file are
 //! collected and reported together.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
@@ -297,6 +297,9 @@ pub fn service_name_of(path: &Path) -> Option<String> {
 #[derive(Default)]
 struct Positions {
     sections: Vec<(String, usize)>,
+    /// The first line of each section, for lookups in constant time (a
+    /// linear search per error made big files quadratic).
+    section_first: HashMap<String, usize>,
     keys: HashMap<(String, String), Vec<usize>>,
     /// Keys that precede any section header.
     orphan_keys: Vec<(String, usize)>,
@@ -322,6 +325,7 @@ fn scan_positions(text: &str) -> Positions {
             }
             let name = rest.split(']').next().unwrap_or("").trim().to_string();
             pos.sections.push((name.clone(), i + 1));
+            pos.section_first.entry(name.clone()).or_insert(i + 1);
             current = Some(name);
             continue;
         }
@@ -350,12 +354,7 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn section_line(&self, section: &str) -> usize {
-        self.pos
-            .sections
-            .iter()
-            .find(|(s, _)| s == section)
-            .map(|(_, l)| *l)
-            .unwrap_or(1)
+        self.pos.section_first.get(section).copied().unwrap_or(1)
     }
 
     fn key_line(&self, section: &str, key: &str) -> usize {
@@ -661,6 +660,9 @@ pub fn parse_service(file: &str, text: &str) -> Result<ServiceConfig, ConfigErro
     }
 
     let mut sections: Vec<SectionReader<'_>> = Vec::new();
+    // Names already read: a set, since a scan of `sections` per section was
+    // quadratic in the number of sections.
+    let mut read: HashSet<&str> = HashSet::new();
     for (sec, props) in ini.iter() {
         let Some(sec) = sec else { continue };
         let allowed: &[&str] = if sec == "DEFAULT" {
@@ -698,7 +700,7 @@ pub fn parse_service(file: &str, text: &str) -> Result<ServiceConfig, ConfigErro
                 }
             }
         };
-        if sections.iter().any(|s| s.name == sec) {
+        if !read.insert(sec) {
             continue; // reported as a duplicate above
         }
         let mut values = BTreeMap::new();
@@ -959,14 +961,18 @@ pub fn parse_service(file: &str, text: &str) -> Result<ServiceConfig, ConfigErro
 
     // Two fs on one mountpoint, and a data root that no fs holds.
     let mut mnts: Vec<(&str, &str)> = Vec::new();
+    // mountpoint → the first fs on it (a map: a scan per fs was quadratic)
+    let mut mnt_owner: HashMap<&str, &str> = HashMap::new();
     for r in &resources {
         if let ResourceConfig::Fs(fs) = &r.config {
-            if let Some((other, _)) = mnts.iter().find(|(_, m)| *m == fs.mnt) {
+            if let Some(other) = mnt_owner.get(fs.mnt.as_str()) {
                 ck.err(
                     &r.rid,
                     Some("mnt"),
                     format!("'{}' is already the mountpoint of [{other}]", fs.mnt),
                 );
+            } else {
+                mnt_owner.insert(&fs.mnt, &r.rid);
             }
             mnts.push((&r.rid, &fs.mnt));
         }

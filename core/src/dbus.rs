@@ -28,7 +28,12 @@ pub mod errors {
     pub const DAEMON_NOT_RUNNING: &str = "io.ferry.Helper1.Error.DaemonNotRunning";
     pub const BUSY: &str = "io.ferry.Helper1.Error.Busy";
     pub const FAILED: &str = "io.ferry.Helper1.Error.Failed";
+    /// Another caller holds the service lock; the message names it.
+    pub const LOCKED: &str = "io.ferry.Helper1.Error.Locked";
 }
+
+/// The polkit action of `Service.Lock`.
+pub const LOCK_ACTION: &str = "io.ferry.service.lock";
 
 /// Escape a name into one object path element: `[A-Za-z0-9]` stay, every
 /// other byte becomes `_xx` (hex), as systemd does. `ip#1` → `ip_231`.
@@ -102,6 +107,13 @@ pub trait Service {
     fn status(&self) -> zbus::Result<Vec<ResourceStatus>>;
     /// The config text and its checksum.
     fn config(&self) -> zbus::Result<(String, String)>;
+    /// Take the service's lock for this connection, waiting up to `wait_ms`
+    /// for another holder (error `Locked` naming it). Held until Unlock or
+    /// until this connection leaves the bus. Polkit action
+    /// `io.ferry.service.lock`.
+    fn lock(&self, wait_ms: u32) -> zbus::Result<()>;
+    /// Release this connection's lock (no-op when it holds none).
+    fn unlock(&self) -> zbus::Result<()>;
     #[zbus(property)]
     fn name(&self) -> zbus::Result<String>;
     #[zbus(property)]

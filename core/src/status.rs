@@ -182,14 +182,30 @@ fn render_children(out: &mut String, bar: &str, children: &[&ResourceStatus]) {
             "{bar}  {branch}{:<15}.... {:<9}{}\n",
             r.rid, r.state, r.label
         ));
-        for c in &r.comments {
-            let lead = if last {
-                bar.to_string()
-            } else {
-                format!("{bar}  |  |")
-            };
-            out.push_str(&format!("{lead:<35}# {c}\n"));
+        let lead = if last {
+            bar.to_string()
+        } else {
+            format!("{bar}  |  |")
+        };
+        // A comment may span lines (an LVM error quoted whole): each line
+        // gets its own `# ` line in the tree, or the tree would break.
+        for line in r.comments.iter().flat_map(|c| comment_lines(c)) {
+            out.push_str(&format!("{lead:<35}# {line}\n"));
         }
+    }
+}
+
+/// The lines of one comment, without line ends; an empty comment is one
+/// empty line, as before.
+fn comment_lines(c: &str) -> Vec<&str> {
+    let lines: Vec<&str> = c
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .collect();
+    // A final line end does not start one more line.
+    match lines.split_last() {
+        Some((last, rest)) if last.is_empty() && !rest.is_empty() => rest.to_vec(),
+        _ => lines,
     }
 }
 
@@ -253,5 +269,33 @@ overall                   warn
             vec![ResourceStatus::new("sync#i0", Up, "x")],
         );
         assert_eq!((s.overall, s.avail, s.sync), (Down, Down, Up));
+    }
+
+    #[test]
+    fn multi_line_comments_stay_inside_the_tree() {
+        let res = vec![
+            ResourceStatus::new("vg#1", Warn, "vgbusybox").with_comment(
+                "vgs failed:\n  Volume group \"vgbusybox\" not found\r\n  Cannot process volume group vgbusybox\n",
+            ),
+            ResourceStatus::new("ip#1", Down, "x").with_comment("a\n\nb"),
+        ];
+        let s = ServiceStatus::new("svc", "n1", "x", res, vec![]);
+        let expected = "svc
+overall                   warn
+|- avail                  warn
+|  |- vg#1           .... warn     vgbusybox
+|  |  |                            # vgs failed:
+|  |  |                            #   Volume group \"vgbusybox\" not found
+|  |  |                            #   Cannot process volume group vgbusybox
+|  '- ip#1           .... down     x
+|                                  # a
+|                                  # 
+|                                  # b
+|- sync                   n/a
+'- hb                     n/a
+";
+        assert_eq!(s.render_tree(), expected);
+        assert_eq!(comment_lines(""), vec![""]);
+        assert_eq!(comment_lines("x\n"), vec!["x"]);
     }
 }

@@ -1,59 +1,79 @@
-//! One lock per service per node, so two actions on a service never
-//! interleave. A flock on /run/ferry/locks/<svc>.lock (the helper creates
-//! the directory, sticky and world-writable like /run/lock): it goes away
-//! with the process that holds it, even after a kill -9.
+//! One lock per service per node, held by this node's helper
+//! (`io.ferry.Helper1.Service.Lock`) for the bus connection that took it:
+//! it lasts as long as this process's connection, and a kill -9 frees it.
+//! The helper refuses other callers' actions on the service while it is
+//! held, so every action of ours goes through the same connection.
+//!
+//! (It used to be a flock in a world-writable directory, which let users
+//! without rights block services and trick root into creating files.)
 
-use std::fs::File;
-use std::os::unix::fs::OpenOptionsExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::fcntl::{Flock, FlockArg};
+use ferry_core::dbus::errors;
 
+use crate::client::Helper;
 use crate::error::{FerryError, Result};
 
-pub const LOCK_DIR: &str = "/run/ferry/locks";
+/// The longest `--waitlock` (the helper takes u32 milliseconds).
+pub const MAX_WAIT_SECS: u64 = u32::MAX as u64 / 1000;
 
-pub struct ServiceLock {
-    _lock: Flock<File>,
+/// Each Lock call waits at most this long, so no bus or client timeout on a
+/// long call can cut a wait short; the frontend asks again until its own
+/// deadline.
+const CHUNK_MS: u32 = 10_000;
+
+/// `--waitlock SECONDS` as the helper takes it, refused when out of range.
+pub fn wait_ms(secs: u64) -> Result<u32> {
+    if secs > MAX_WAIT_SECS {
+        return Err(FerryError::Usage(format!(
+            "--waitlock {secs}: at most {MAX_WAIT_SECS} seconds"
+        )));
+    }
+    // Checked above: at most u32::MAX.
+    u32::try_from(secs * 1000)
+        .map_err(|_| FerryError::Usage(format!("--waitlock {secs}: too large")))
 }
 
-pub async fn acquire(service: &str, node: &str, wait: Duration) -> Result<ServiceLock> {
-    let path = std::path::Path::new(LOCK_DIR).join(format!("{service}.lock"));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .create(true)
-        .append(true)
-        .mode(0o666)
-        .open(&path)
-        .or_else(|_| File::open(&path))
-        .map_err(|e| {
-            FerryError::Failed(format!(
-                "cannot open the lock {}: {e} (the helper creates {LOCK_DIR}: is it running?)",
-                path.display()
-            ))
-        })?;
-    let deadline = Instant::now() + wait;
-    let mut file = file;
+/// Take the service's lock on this node, waiting up to `wait_ms`.
+pub async fn acquire(h: &Helper, service: &str, node: &str, wait_ms: u32) -> Result<()> {
+    let proxy = h.service(service).await?;
+    let mut left = wait_ms;
     loop {
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => return Ok(ServiceLock { _lock: lock }),
-            Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
-                if Instant::now() >= deadline {
-                    return Err(FerryError::Failed(format!(
-                        "another ferry action holds the lock of service '{service}' on {node} \
-                         (waited {} s; --waitlock SECONDS waits longer)",
-                        wait.as_secs()
-                    )));
-                }
-                file = f;
-                tokio::time::sleep(Duration::from_millis(50)).await;
+        let chunk = left.min(CHUNK_MS);
+        match proxy.lock(chunk).await {
+            Ok(()) => return Ok(()),
+            Err(zbus::Error::MethodError(name, msg, _))
+                if name.as_str() == errors::LOCKED && left > chunk =>
+            {
+                tracing::debug!("still locked: {}", msg.unwrap_or_default());
+                left -= chunk;
             }
-            Err((_, e)) => {
+            Err(zbus::Error::MethodError(name, msg, _)) if name.as_str() == errors::LOCKED => {
+                let waited = Duration::from_millis(u64::from(wait_ms)).as_secs();
                 return Err(FerryError::Failed(format!(
-                    "cannot lock {}: {e}",
-                    path.display()
-                )))
+                    "another ferry action holds the lock of service '{service}' on {node}: {} \
+                     (waited {waited} s; --waitlock SECONDS waits longer)",
+                    msg.unwrap_or_default()
+                )));
             }
+            Err(e) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waitlock_range() {
+        assert_eq!(wait_ms(0).ok(), Some(0));
+        assert_eq!(wait_ms(10).ok(), Some(10_000));
+        assert_eq!(wait_ms(MAX_WAIT_SECS).ok(), Some(4_294_967_000));
+        assert!(matches!(
+            wait_ms(MAX_WAIT_SECS + 1),
+            Err(FerryError::Usage(_))
+        ));
+        assert!(matches!(wait_ms(u64::MAX), Err(FerryError::Usage(_))));
     }
 }

@@ -18,7 +18,6 @@ mod sync;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ferry_core::config;
@@ -135,19 +134,13 @@ struct LockArgs {
     /// Wait up to SECONDS for another action on the service to finish.
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     waitlock: u64,
-    /// The caller already holds the service lock (relocate in sudo mode).
-    #[arg(long, hide = true)]
-    lock_held: bool,
 }
 
 impl LockArgs {
-    async fn take(&self, service: &str, node: &str) -> Result<Option<lock::ServiceLock>> {
-        if self.lock_held {
-            return Ok(None);
-        }
-        lock::acquire(service, node, Duration::from_secs(self.waitlock))
-            .await
-            .map(Some)
+    /// The wait in the helper's unit; an absurd value is a usage error,
+    /// found before anything is asked of anyone.
+    fn wait_ms(&self) -> Result<u32> {
+        lock::wait_ms(self.waitlock)
     }
 }
 
@@ -239,18 +232,22 @@ async fn run(cli: Cli) -> Result<i32> {
             local,
         } => status(services, format, all_nodes, local).await.map(|_| 0),
         Cmd::Start { service, rid, lock } => {
+            let wait = lock.wait_ms()?;
             let h = Helper::connect().await?;
             let cfg = h.config(&service).await?;
             let node = h.node_name().await?;
-            let _lock = lock.take(&service, &node).await?;
+            // Held by this connection until the process exits; under sudo,
+            // as root (no polkit needed).
+            lock::acquire(&h, &service, &node, wait).await?;
             action::start(&h, &cfg, &node, &rid, &Log::new(&service))
                 .await
                 .map(|_| 0)
         }
         Cmd::Stop { service, rid, lock } => {
+            let wait = lock.wait_ms()?;
             let h = Helper::connect().await?;
             let cfg = h.config(&service).await?;
-            let _lock = lock.take(&service, &h.node_name().await?).await?;
+            lock::acquire(&h, &service, &h.node_name().await?, wait).await?;
             action::stop(&h, &cfg, &rid, &Log::new(&service))
                 .await
                 .map(|_| 0)
@@ -271,11 +268,12 @@ async fn run(cli: Cli) -> Result<i32> {
                      the cluster (crm_resource --move -r {id} -N {to}, then crm_resource --clear -r {id})"
                 )));
             }
+            let wait = lock.wait_ms()?;
             let h = Helper::connect().await?;
             let cfg = h.config(&service).await?;
             let node = h.node_name().await?;
-            let _lock = lock.take(&service, &node).await?;
-            relocate::relocate(&h, &cfg, &node, &to, &Log::new(&service))
+            // relocate takes the lock itself: where it can depends on the mode.
+            relocate::relocate(&h, &cfg, &node, &to, wait, &Log::new(&service))
                 .await
                 .map(|_| 0)
         }

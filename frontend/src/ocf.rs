@@ -175,7 +175,7 @@ pub async fn run(action: &str) -> ExitCode {
     };
     match action {
         "validate-all" => {
-            if cfg.nodes.iter().any(|n| *n == node) {
+            if cfg.nodes.contains(&node) {
                 code(OCF_SUCCESS)
             } else {
                 eprintln!(

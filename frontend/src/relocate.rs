@@ -13,19 +13,22 @@ use crate::log::Log;
 use crate::remote::{remote_error, Peers, FERRY_PATH};
 
 /// Start or stop the service on this node: in-process through the helper
-/// (polkit decides), or through `sudo -n ferry` in sudo mode. The caller
-/// already holds the service lock.
+/// (polkit decides; this process holds the service lock through the same
+/// connection), or through `sudo -n ferry` in sudo mode, where that root
+/// process takes the lock itself for its one step, waiting up to `wait_ms`.
 pub async fn local(
     h: &Helper,
     peers: &Peers,
     cfg: &ServiceConfig,
     here: &str,
     verb: &str,
+    wait_ms: u32,
     log: &Log,
 ) -> Result<()> {
     if peers.mode(here) == RemoteMode::Sudo {
+        let wait_secs = (wait_ms / 1000).to_string();
         let status = tokio::process::Command::new("sudo")
-            .args(["-n", FERRY_PATH, verb, &cfg.name, "--lock-held"])
+            .args(["-n", FERRY_PATH, verb, &cfg.name, "--waitlock", &wait_secs])
             .status()
             .await
             .map_err(|e| FerryError::Failed(format!("cannot run sudo: {e}")))?;
@@ -50,6 +53,7 @@ pub async fn relocate(
     cfg: &ServiceConfig,
     here: &str,
     to: &str,
+    wait_ms: u32,
     log: &Log,
 ) -> Result<()> {
     if !cfg.nodes.iter().any(|n| n == to) {
@@ -63,6 +67,16 @@ pub async fn relocate(
         return Err(FerryError::Usage(format!("this node is {to} already")));
     }
     let peers = Peers::new()?;
+
+    // The service lock on this node, held by this process's connection for
+    // the whole relocation, so nobody acts here between our stop and our
+    // fallback start. In sudo mode this unprivileged process cannot take it
+    // (taking it needs the polkit action io.ferry.service.lock, which sudo
+    // users are not granted): each `sudo ferry stop|start` step takes it for
+    // itself, and between the steps the service is unlocked here.
+    if peers.mode(here) != RemoteMode::Sudo {
+        crate::lock::acquire(h, &cfg.name, here, wait_ms).await?;
+    }
 
     // The target must answer, run the same config, and not run the service.
     let t_check = Instant::now();
@@ -95,12 +109,14 @@ pub async fn relocate(
 
     let t0 = Instant::now();
     log.info(None, &format!("stop on {here}"));
-    if let Err(e) = local(h, &peers, cfg, here, "stop", log).await {
+    if let Err(e) = local(h, &peers, cfg, here, "stop", wait_ms, log).await {
         log.error(
             None,
             &format!("stop on {here} failed: {e}; starting it here again"),
         );
-        local(h, &peers, cfg, here, "start", log).await.ok();
+        local(h, &peers, cfg, here, "start", wait_ms, log)
+            .await
+            .ok();
         return Err(e);
     }
     let t_stop = t0.elapsed();
@@ -115,7 +131,9 @@ pub async fn relocate(
                 cfg.name, st.avail
             ),
         );
-        local(h, &peers, cfg, here, "start", log).await.ok();
+        local(h, &peers, cfg, here, "start", wait_ms, log)
+            .await
+            .ok();
         return Err(FerryError::Failed(format!(
             "'{}' did not go down on {here}",
             cfg.name
@@ -162,7 +180,7 @@ pub async fn relocate(
                 cfg.name
             )));
         }
-        return match local(h, &peers, cfg, here, "start", log).await {
+        return match local(h, &peers, cfg, here, "start", wait_ms, log).await {
             Ok(()) => Err(FerryError::Failed(format!(
                 "relocation of '{}' to {to} failed ({e}); it runs on {here} again",
                 cfg.name

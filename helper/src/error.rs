@@ -28,6 +28,9 @@ pub enum HelperError {
     Busy(String),
     /// A driver step failed; the message says which command and why.
     Failed(String),
+    /// Another caller holds the service's lock (Service.Lock); the message
+    /// names it: uid, pid and command, since when.
+    Locked(String),
 }
 
 pub type Result<T> = std::result::Result<T, HelperError>;
@@ -51,6 +54,7 @@ impl HelperError {
             HelperError::DaemonNotRunning(_) => "DaemonNotRunning",
             HelperError::Busy(_) => "Busy",
             HelperError::Failed(_) => "Failed",
+            HelperError::Locked(_) => "Locked",
         }
     }
 
@@ -66,7 +70,8 @@ impl HelperError {
             | HelperError::OutOfOrder(m)
             | HelperError::DaemonNotRunning(m)
             | HelperError::Busy(m)
-            | HelperError::Failed(m) => m.clone(),
+            | HelperError::Failed(m)
+            | HelperError::Locked(m) => m.clone(),
         }
     }
 }

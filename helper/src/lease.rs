@@ -26,7 +26,7 @@ use zbus::{interface, Connection};
 use crate::ctx::ResCtx;
 use crate::error::{HelperError, Result};
 use crate::registry::Registry;
-use crate::sanlock::{self, AcquireFlags, Disk, Registration, SanlockError};
+use crate::sanlock::{self, AcquireFlags, Disk, HostState, Registration, SanlockError};
 
 pub struct LeaseObject {
     pub ctx: ResCtx,
@@ -366,7 +366,27 @@ pub async fn status(
                 } else {
                     format!("held by {}", holder_names(reg, &ids))
                 };
-                ResourceStatus::new(rid, State::Warn, &label).with_comment(text)
+                let s = ResourceStatus::new(rid, State::Warn, &label).with_comment(text);
+                // A holder that stopped renewing its host lease: say so, an
+                // operator then knows the lease is on its way to expiry.
+                let a = area.clone();
+                let states = blocking(move || {
+                    sanlock::owner_states(&a.lockspace, LeaseConfig::RESOURCE, &a.resource_disk())
+                })
+                .await;
+                match states {
+                    Ok(Ok(states)) => states
+                        .iter()
+                        .filter(|o| !matches!(o.state, HostState::Live | HostState::Unknown))
+                        .fold(s, |s, o| {
+                            s.with_comment(format!(
+                                "host_id {} is {:?} here: its lease frees itself 8 x io_timeout + 60 s \
+                                 after its last renewal",
+                                o.host_id, o.state
+                            ))
+                        }),
+                    _ => s,
+                }
             }
             Err(e) => ResourceStatus::new(rid, State::Warn, &label).with_comment(e.message()),
         },

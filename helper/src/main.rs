@@ -6,6 +6,7 @@
 //! frontend.
 
 mod arp;
+mod audit;
 mod auth;
 mod cmd;
 mod container;
@@ -16,6 +17,7 @@ mod fs;
 mod guard;
 mod ip;
 mod lease;
+mod lock;
 mod manager;
 mod registry;
 mod sanlock;
@@ -57,17 +59,6 @@ fn check_capabilities() -> Result<(), String> {
     }
 }
 
-/// The frontend's per-service locks live here: sticky and world-writable
-/// like /run/lock, so any operator can take a service's lock and nobody can
-/// remove another's.
-fn make_lock_dir() -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = std::path::Path::new("/run/ferry/locks");
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777))
-        .map_err(|e| format!("cannot set the mode of {}: {e}", dir.display()))
-}
-
 async fn run() -> Result<(), String> {
     if !nix::unistd::geteuid().is_root() {
         return Err(
@@ -81,7 +72,6 @@ async fn run() -> Result<(), String> {
     let node_conf = NodeConfig::load(&node_conf).map_err(|e| e.to_string())?;
     let node = node_conf.node_name();
     let dir = services_dir();
-    make_lock_dir()?;
 
     let conn = zbus::connection::Builder::system()
         .build()

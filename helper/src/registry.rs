@@ -22,6 +22,8 @@ pub struct Registry {
     locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Serializes config reloads, so two never interleave their exports.
     reload: Mutex<()>,
+    /// Who holds each service's caller lock (Service.Lock), see crate::lock.
+    holds: crate::lock::Locks,
 }
 
 impl Registry {
@@ -34,6 +36,7 @@ impl Registry {
             services: RwLock::new(BTreeMap::new()),
             locks: StdMutex::new(HashMap::new()),
             reload: Mutex::new(()),
+            holds: crate::lock::Locks::default(),
         }
     }
 
@@ -52,6 +55,10 @@ impl Registry {
 
     pub fn authority(&self) -> &AuthorityProxy<'static> {
         &self.authority
+    }
+
+    pub fn holds(&self) -> &crate::lock::Locks {
+        &self.holds
     }
 
     pub fn service(&self, name: &str) -> Result<Arc<ServiceConfig>> {

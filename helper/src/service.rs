@@ -1,13 +1,18 @@
-//! `io.ferry.Helper1.Service`: one object per service, read-only.
+//! `io.ferry.Helper1.Service`: one object per service: its status and
+//! config (read-only), and the caller lock held across a whole action.
 
 use std::sync::Arc;
 
 use ferry_core::config::ResourceConfig;
 use ferry_core::status::ResourceStatus;
-use zbus::interface;
+use zbus::message::Header;
+use zbus::{interface, Connection};
 
+use crate::audit::{Outcome, Record};
 use crate::error::Result;
 use crate::registry::Registry;
+
+use ferry_core::dbus::LOCK_ACTION;
 
 pub struct ServiceObject {
     pub reg: Arc<Registry>,
@@ -41,6 +46,69 @@ impl ServiceObject {
     async fn config(&self) -> Result<(String, String)> {
         let svc = self.reg.service(&self.service)?;
         Ok((svc.text.clone(), svc.checksum()))
+    }
+
+    /// Take the service's lock for the caller's bus name, waiting up to
+    /// `wait_ms` for another holder; fails with `Locked` naming the holder.
+    /// Taking it again is a no-op. It is free again on Unlock or once the
+    /// caller's name has left the bus. While held, other callers' mutating
+    /// calls on the service are refused with `Locked`.
+    async fn lock(
+        &self,
+        wait_ms: u32,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<()> {
+        let (reg, service) = (&self.reg, self.service.as_str());
+        let who = crate::auth::identify_and_authorize(reg, conn, &header, LOCK_ACTION, service, "")
+            .await?;
+        let wait = std::time::Duration::from_millis(u64::from(wait_ms));
+        match crate::lock::acquire(reg.holds(), conn, service, reg.node(), &who, wait).await {
+            Ok(true) => Record::new(Some(&who), LOCK_ACTION, service, "", Outcome::Ok).log(),
+            Ok(false) => Record::new(Some(&who), LOCK_ACTION, service, "", Outcome::Ok)
+                .note("already held by this caller")
+                .log(),
+            Err(e) => {
+                Record::new(Some(&who), LOCK_ACTION, service, "", Outcome::Denied)
+                    .error(&e)
+                    .log();
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Release the caller's lock. A free lock: no-op; another caller's
+    /// lock: `Locked`. Needs no polkit: only the holder can release it.
+    async fn unlock(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<()> {
+        const ACTION: &str = "io.ferry.service.unlock";
+        let (reg, service) = (&self.reg, self.service.as_str());
+        let who = match crate::auth::caller(conn, &header).await {
+            Ok(w) => w,
+            Err(e) => {
+                Record::new(None, ACTION, service, "", Outcome::Denied)
+                    .error(&e)
+                    .log();
+                return Err(e);
+            }
+        };
+        match crate::lock::release(reg.holds(), service, reg.node(), &who) {
+            Ok(held) => {
+                let r = Record::new(Some(&who), ACTION, service, "", Outcome::Ok);
+                if held { r } else { r.note("was not held") }.log();
+                Ok(())
+            }
+            Err(e) => {
+                Record::new(Some(&who), ACTION, service, "", Outcome::Denied)
+                    .error(&e)
+                    .log();
+                Err(e)
+            }
+        }
     }
 
     #[zbus(property(emits_changed_signal = "const"))]

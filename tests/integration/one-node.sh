@@ -18,7 +18,7 @@ t_status_before_start() {
 t_guest_is_refused_and_nothing_changes() {
   expect_code 3 as guest node1 ferry start busybox
   contains "not authorized"
-  contains "io.ferry.ip.add"
+  contains "io.ferry.service.lock"
   contains "ferry-operators"
   node_is_clean node1
   expect_ok as guest node1 ferry status busybox
@@ -140,7 +140,7 @@ EOC'
   expect_ok as svcop node1 ferry start busybox --rid container#1
   # … and on nothing else
   expect_code 3 as svcop node1 ferry start other
-  contains "io.ferry.ip.add"
+  contains "io.ferry.service.lock"
   contains "'other'"
   root_on node1 ip -4 -br addr show dev lab0 | grep -qF 203.0.113.26/ && fail "other's address was added"
   expect_ok as op node1 ferry start other

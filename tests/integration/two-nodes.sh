@@ -176,16 +176,6 @@ t_relocate_falls_back_when_target_start_fails() {
   return 0
 }
 
-t_lock_serializes_actions() {
-  as op node1 sh -c 'flock /run/ferry/locks/busybox.lock sleep 3' &
-  local holder=$!
-  sleep 0.5
-  expect_code 1 as op node1 ferry stop busybox
-  contains "another ferry action holds the lock of service 'busybox' on node1"
-  expect_ok as op node1 ferry start busybox --waitlock 10
-  wait $holder
-}
-
 t_unreachable_node_is_bounded() {
   root_on node1 sh -c 'cp /etc/ferry/ferry.conf /etc/ferry/ferry.conf.lab && sed -i "/^\[node\]/a ssh_connect_timeout = 2" /etc/ferry/ferry.conf'
   trap 'root_on node2 ip link set lab0 up; root_on node1 mv /etc/ferry/ferry.conf.lab /etc/ferry/ferry.conf' EXIT
@@ -235,7 +225,6 @@ run_test "two-nodes: relocate back (switch)"                    t_relocate_back
 run_test "two-nodes: relocate refuses bad targets"              t_relocate_refuses_unknown_and_unreachable_targets
 run_test "two-nodes: relocate refuses a target with a stale mount" t_relocate_refuses_a_target_with_a_stale_mount
 run_test "two-nodes: failed start on target falls back"         t_relocate_falls_back_when_target_start_fails
-run_test "two-nodes: one lock per service"                      t_lock_serializes_actions
 run_test "two-nodes: an unreachable node is bounded"            t_unreachable_node_is_bounded
 run_test "two-nodes: sudo mode relocation"                      t_sudo_mode_relocation
 

@@ -160,46 +160,8 @@ impl ContainerObject {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<i32> {
-        check_docker_args(&args)?;
-        let ctx = &self.ctx;
-        let (svc, _) = config(ctx)?;
-        // The host's own daemon runs containers that are not the service's:
-        // handing it to a caller granted this service would grant them all.
-        if svc.docker_data_dir.is_none() {
-            return Err(HelperError::InvalidArgument(format!(
-                "service '{}' uses the host's docker daemon: `ferry docker` serves only services \
-                 with a private daemon (docker_data_dir)",
-                svc.name
-            )));
-        }
-        // Authorize and audit, but do not hold the service lock while an
-        // attach may run for hours.
-        let who = crate::auth::caller(conn, &header).await?;
-        if let Err(e) = crate::auth::authorize(
-            ctx.reg.authority(),
-            &header,
-            &who,
-            "io.ferry.container.docker",
-            &ctx.service,
-            &ctx.rid,
-            ctx.reg.node(),
-        )
-        .await
-        {
-            tracing::warn!(target: "audit", uid = who.uid, action = "io.ferry.container.docker", service = %ctx.service, rid = %ctx.rid, args = ?args, result = "denied");
-            return Err(e);
-        }
-        tracing::info!(target: "audit", uid = who.uid, action = "io.ferry.container.docker", service = %ctx.service, rid = %ctx.rid, args = ?args, result = "allowed");
-        // A caller that goes away (Ctrl-C on `ferry docker … -- attach`)
-        // must not leave docker holding its terminal: dropping the run
-        // future kills the CLI.
-        tokio::select! {
-            r = passthrough::run(&svc, &args, stdin.into(), stdout.into(), stderr.into()) => r,
-            _ = caller_gone(conn, &who.sender) => {
-                tracing::info!(uid = who.uid, service = %ctx.service, "docker caller left the bus: docker CLI killed");
-                Err(HelperError::failed("the caller left"))
-            }
-        }
+        // Checks, polkit and audit live with the passthrough itself.
+        passthrough::serve(&self.ctx, args, stdin, stdout, stderr, &header, conn).await
     }
 
     #[zbus(property(emits_changed_signal = "const"))]

@@ -15,9 +15,91 @@ use std::process::Stdio;
 
 use ferry_core::config::ServiceConfig;
 use tracing::info;
+use zbus::message::Header;
+use zbus::Connection;
 
 use super::daemon;
+use crate::audit::{Outcome, Record};
+use crate::ctx::ResCtx;
 use crate::error::{HelperError, Result};
+
+const ACTION: &str = "io.ferry.container.docker";
+
+/// `Container.Docker`: identify the caller first, so that every refusal
+/// (allow-list, file options, host daemon, polkit) leaves an audit record
+/// with the arguments; then run docker without holding the service mutex,
+/// since an attach may last hours.
+pub async fn serve(
+    ctx: &ResCtx,
+    args: Vec<String>,
+    stdin: zbus::OwnedFd,
+    stdout: zbus::OwnedFd,
+    stderr: zbus::OwnedFd,
+    header: &Header<'_>,
+    conn: &Connection,
+) -> Result<i32> {
+    let (service, rid) = (ctx.service.as_str(), ctx.rid.as_str());
+    let who = match crate::auth::caller(conn, header).await {
+        Ok(w) => w,
+        Err(e) => {
+            Record::new(None, ACTION, service, rid, Outcome::Denied)
+                .args(&args)
+                .error(&e)
+                .log();
+            return Err(e);
+        }
+    };
+    let deny = |e: HelperError| {
+        Record::new(Some(&who), ACTION, service, rid, Outcome::Denied)
+            .args(&args)
+            .error(&e)
+            .log();
+        e
+    };
+    super::check_docker_args(&args).map_err(deny)?;
+    check_file_access(&args).map_err(deny)?;
+    let svc = ctx.service_config().map_err(deny)?;
+    // The host's own daemon runs containers that are not the service's:
+    // handing it to a caller granted this service would grant them all.
+    if svc.docker_data_dir.is_none() {
+        return Err(deny(HelperError::InvalidArgument(format!(
+            "service '{}' uses the host's docker daemon: `ferry docker` serves only services \
+             with a private daemon (docker_data_dir)",
+            svc.name
+        ))));
+    }
+    crate::auth::authorize(
+        ctx.reg.authority(),
+        header,
+        &who,
+        ACTION,
+        service,
+        rid,
+        ctx.reg.node(),
+    )
+    .await
+    .map_err(deny)?;
+    Record::new(Some(&who), ACTION, service, rid, Outcome::Allowed)
+        .args(&args)
+        .log();
+    // A caller that goes away (Ctrl-C on `ferry docker … -- attach`) must
+    // not leave docker holding its terminal: dropping the run future kills
+    // the CLI.
+    let outcome = tokio::select! {
+        r = run(&svc, &args, stdin.into(), stdout.into(), stderr.into()) => r,
+        _ = super::caller_gone(conn, &who.sender) => {
+            tracing::info!(uid = who.uid, service = %service, "docker caller left the bus: docker CLI killed");
+            Err(HelperError::failed("the caller left"))
+        }
+    };
+    if let Err(e) = &outcome {
+        Record::new(Some(&who), ACTION, service, rid, Outcome::Failed)
+            .args(&args)
+            .error(e)
+            .log();
+    }
+    outcome
+}
 
 /// `docker image …` subcommands that act on the daemon only. `image build`
 /// would read a build context by path as root, `image push` would talk to a
@@ -125,13 +207,15 @@ pub async fn run(
     stdout: OwnedFd,
     stderr: OwnedFd,
 ) -> Result<i32> {
+    // serve() checked already; kept so that run() is safe on its own.
     check_file_access(args)?;
     if !daemon::is_running(svc).await {
         return Err(daemon::not_running(svc));
     }
     let paths = daemon::prepare_state_dir(svc)?;
     let argv = docker_argv(&daemon::docker_host(svc), args);
-    info!(target: "exec", service = %svc.name, "docker {}", argv.join(" "));
+    // The arguments are the caller's: escaped and bounded like an audit field.
+    info!(target: "exec", service = %svc.name, "docker {}", crate::audit::clean_args(&argv));
     let mut cmd = tokio::process::Command::new("docker");
     cmd.args(&argv)
         .env_clear()
