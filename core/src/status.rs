@@ -61,6 +61,9 @@ impl fmt::Display for State {
     }
 }
 
+/// How a lease's first comment starts when another node holds it.
+pub const LEASE_HELD_ELSEWHERE: &str = "held by ";
+
 /// One resource's status as the helper reports it on the bus: `(sssas)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct ResourceStatus {
@@ -92,6 +95,23 @@ impl ResourceStatus {
         State::parse(&self.state).unwrap_or(State::Warn)
     }
 
+    /// What the resource says about *this* node. A lease held by another
+    /// node shows as warn, to name the holder, but nothing of the service is
+    /// here: for this node's avail it is down.
+    pub fn state_here(&self) -> State {
+        let elsewhere = self.rid.starts_with("lease#")
+            && self.state() == State::Warn
+            && self
+                .comments
+                .first()
+                .is_some_and(|c| c.starts_with(LEASE_HELD_ELSEWHERE));
+        if elsewhere {
+            State::Down
+        } else {
+            self.state()
+        }
+    }
+
     /// The `(state, label, comments)` every resource's `Check` returns.
     pub fn into_check(self) -> crate::dbus::CheckResult {
         (self.state, self.label, self.comments)
@@ -121,7 +141,7 @@ impl ServiceStatus {
         resources: Vec<ResourceStatus>,
         sync_resources: Vec<ResourceStatus>,
     ) -> Self {
-        let avail = State::merge_all(resources.iter().map(ResourceStatus::state));
+        let avail = State::merge_all(resources.iter().map(ResourceStatus::state_here));
         let sync = State::merge_all(sync_resources.iter().map(ResourceStatus::state));
         let hb = State::NotApplicable;
         let overall = match (sync, hb) {
@@ -213,6 +233,21 @@ fn comment_lines(c: &str) -> Vec<&str> {
 mod tests {
     use super::*;
     use State::*;
+
+    #[test]
+    fn a_lease_held_elsewhere_is_down_here() {
+        let held = ResourceStatus::new("lease#1", State::Warn, "ls@dev")
+            .with_comment(format!("{LEASE_HELD_ELSEWHERE}node2 (host_id 2)"));
+        let orphan = ResourceStatus::new("lease#1", State::Warn, "ls@dev")
+            .with_comment("orphaned: this node's host id holds it");
+        let ip = ResourceStatus::new("ip#1", State::Down, "a@b");
+        let s = ServiceStatus::new("svc", "node1", "x", vec![ip.clone(), held.clone()], vec![]);
+        assert_eq!(s.avail, State::Down, "a passive node is down, not warn");
+        assert_eq!(held.state_here(), State::Down);
+        assert_eq!(orphan.state_here(), State::Warn);
+        let s = ServiceStatus::new("svc", "node1", "x", vec![ip, orphan], vec![]);
+        assert_eq!(s.avail, State::Warn);
+    }
 
     #[test]
     fn merge_rules() {

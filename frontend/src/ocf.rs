@@ -10,7 +10,7 @@
 
 use std::process::ExitCode;
 
-use ferry_core::config::{Kind, ServiceConfig};
+use ferry_core::config::ServiceConfig;
 use ferry_core::status::{ResourceStatus, State};
 
 use crate::client::Helper;
@@ -71,26 +71,19 @@ pub enum Presence {
 }
 
 /// Up, down, or neither, for one resource, as far as *this node* is
-/// concerned: a lease held by another node is "down here".
-fn here(r: &ResourceStatus, kind: Option<Kind>) -> Option<bool> {
-    match r.state() {
+/// concerned (a lease held by another node is "down here").
+fn here(r: &ResourceStatus) -> Option<bool> {
+    match r.state_here() {
         State::Up => Some(true),
         State::Down | State::NotApplicable => Some(false),
-        State::Warn
-            if kind == Some(Kind::Lease)
-                && r.comments.iter().any(|c| c.starts_with("held by ")) =>
-        {
-            Some(false)
-        }
         _ => None,
     }
 }
 
-pub fn presence(cfg: &ServiceConfig, statuses: &[ResourceStatus]) -> Presence {
+pub fn presence(statuses: &[ResourceStatus]) -> Presence {
     let (mut up, mut down, mut odd) = (0, 0, Vec::new());
     for s in statuses {
-        let kind = cfg.resource(&s.rid).map(|r| r.kind());
-        match here(s, kind) {
+        match here(s) {
             Some(true) => up += 1,
             Some(false) => down += 1,
             None => odd.push(format!(
@@ -200,7 +193,7 @@ async fn monitor(h: &Helper, cfg: &ServiceConfig) -> u8 {
         }
     };
     match statuses {
-        Ok(st) => match presence(cfg, &st) {
+        Ok(st) => match presence(&st) {
             Presence::Running => OCF_SUCCESS,
             Presence::Stopped => OCF_NOT_RUNNING,
             Presence::Partial(why) => {
@@ -322,14 +315,11 @@ mod tests {
                 st("fs#1", c2, &[]),
             ]
         };
-        assert_eq!(presence(&c, &all("up", "up", "up")), Presence::Running);
-        assert_eq!(
-            presence(&c, &all("down", "down", "down")),
-            Presence::Stopped
-        );
+        assert_eq!(presence(&all("up", "up", "up")), Presence::Running);
+        assert_eq!(presence(&all("down", "down", "down")), Presence::Stopped);
         // the address removed by hand while the disk is still mounted
         assert!(matches!(
-            presence(&c, &all("down", "up", "up")),
+            presence(&all("down", "up", "up")),
             Presence::Partial(_)
         ));
         // not mounted here, but a copy lives in another mount namespace
@@ -338,14 +328,14 @@ mod tests {
             st("lease#1", "down", &[]),
             st("fs#1", "warn", &["/dev/loop8 is live on this node"]),
         ];
-        assert!(matches!(presence(&c, &copy), Presence::Partial(_)));
+        assert!(matches!(presence(&copy), Presence::Partial(_)));
         // a passive node: the lease is held by the other node
         let passive = vec![
             st("ip#1", "down", &[]),
             st("lease#1", "warn", &["held by n2 (host_id 2)"]),
             st("fs#1", "down", &[]),
         ];
-        assert_eq!(presence(&c, &passive), Presence::Stopped);
+        assert_eq!(presence(&passive), Presence::Stopped);
         // but an orphaned lease of this node is not "stopped"
         let orphan = vec![
             st("ip#1", "down", &[]),
@@ -356,7 +346,7 @@ mod tests {
             ),
             st("fs#1", "down", &[]),
         ];
-        assert!(matches!(presence(&c, &orphan), Presence::Partial(_)));
+        assert!(matches!(presence(&orphan), Presence::Partial(_)));
     }
 
     #[test]

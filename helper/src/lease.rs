@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use ferry_core::config::{LeaseConfig, ServiceConfig};
 use ferry_core::dbus::CheckResult;
-use ferry_core::status::{ResourceStatus, State};
+use ferry_core::status::{ResourceStatus, State, LEASE_HELD_ELSEWHERE};
 use tracing::{info, warn};
 use zbus::message::Header;
 use zbus::{interface, Connection};
@@ -364,7 +364,7 @@ pub async fn status(
                 let text = if mine {
                     "orphaned: this node's host id holds it, no helper process does".to_string()
                 } else {
-                    format!("held by {}", holder_names(reg, &ids))
+                    format!("{LEASE_HELD_ELSEWHERE}{}", holder_names(reg, &ids))
                 };
                 let s = ResourceStatus::new(rid, State::Warn, &label).with_comment(text);
                 // A holder that stopped renewing its host lease: say so, an

@@ -18,7 +18,7 @@ ext4_live() { # NODE
 }
 both_live() { ext4_live node1 && ext4_live node2; }
 lease_state() { # NODE → the lease#1 line's state
-  as op "$1" ferry status busybox --local | awk '$0 ~ "- lease#1 " {print $4; exit}'
+  as op "$1" ferry status busybox --local | sed -n 's/.*- lease#1 *\.\.\.\. \([a-z\/]*\) .*/\1/p'
 }
 helper_pid() { root_on "$1" cat /run/ferry-lab/ferry-helper.pid; }
 busctl_op() { # NODE OBJECT IFACE METHOD (as op)

@@ -162,7 +162,8 @@ t_failed_start_leaves_nothing_behind() {
   expect_ok as op node1 ferry stop busybox
   node_is_clean node1
   # the same service with an image that does not exist
-  root_on node1 sh -c 'sed "s#run_image = .*#run_image = local/missing:1#" /etc/ferry/services/busybox.conf > /etc/ferry/services/badimg.conf'
+  # (without busybox's lease: a lease area belongs to one service)
+  root_on node1 sh -c 'sed -e "s#run_image = .*#run_image = local/missing:1#" -e "/^\[lease#1\]/,/^\$/d" /etc/ferry/services/busybox.conf > /etc/ferry/services/badimg.conf'
   expect_ok as op node1 ferry reload
   expect_code 1 as op node1 ferry start badimg
   contains "local/missing:1"
