@@ -327,8 +327,28 @@ pub async fn held_elsewhere(reg: &Registry, svc: &ServiceConfig) -> Result<Optio
     };
     let area = Area::new(&svc.name, c);
     let me = reg.node_conf().host_id;
-    let others: Vec<u64> = owners(&area)
-        .await?
+    // An owner whose host lease is dead (or gone, or free) no longer holds
+    // anything: sanlock lets the lease be taken over, so must we. That
+    // needs the lockspace joined here; until then every owner counts.
+    let a = area.clone();
+    let states = blocking(move || {
+        sanlock::owner_states(&a.lockspace, LeaseConfig::RESOURCE, &a.resource_disk())
+    })
+    .await?;
+    let blocking_owners: Vec<u64> = match states {
+        Ok(states) => states
+            .into_iter()
+            .filter(|o| {
+                matches!(
+                    o.state,
+                    HostState::Live | HostState::Fail | HostState::Unknown
+                )
+            })
+            .map(|o| o.host_id)
+            .collect(),
+        Err(_) => owners(&area).await?,
+    };
+    let others: Vec<u64> = blocking_owners
         .into_iter()
         .filter(|id| Some(*id) != me)
         .collect();

@@ -27,7 +27,11 @@ busctl_op() { # NODE OBJECT IFACE METHOD (as op)
 # Watch both nodes' ext4 every 10 ms in the background; `watch_stop` fails
 # the test if both were ever live at once.
 watch_start() {
-  ( while :; do both_live && { echo BOTH >>"$X_STATE/both"; }; sleep 0.01; done ) &
+  # ends with the test's subshell, whatever way that ends
+  local test_pid=$BASHPID
+  ( while kill -0 "$test_pid" 2>/dev/null; do
+      both_live && { echo BOTH >>"$X_STATE/both"; }; sleep 0.01
+    done ) &
   echo $! >"$X_STATE/watch"
 }
 watch_stop() {
