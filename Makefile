@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PREFIX ?= /usr/local
 
-.PHONY: all build deps demo check lint unit integration bench soak install clean lab-down deb deb-assets package-test dbus-interfaces
+.PHONY: all build deps demo check lint unit integration bench soak install clean lab-down deb deb-assets deb-lint package-test dbus-interfaces
 
 all: build
 
@@ -17,8 +17,9 @@ build:
 demo: deps build
 	bash tests/demo.sh
 
-# Everything CI runs: formatting, lints, unit tests, the lab integration tests.
-check: deps lint unit build integration
+# Everything CI runs: formatting, lints, unit tests, the lab integration
+# tests, and the Debian package in a node booted with systemd.
+check: deps lint unit build integration package-test
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -59,6 +60,9 @@ deb-assets: build
 		sed 's|/usr/local/|/usr/|g' systemd/$$f > $(DEB_ASSETS)/units/$$f; done
 	sed 's|/usr/local/|/usr/|g' systemd/io.ferry.Helper1.service > $(DEB_ASSETS)/system-services/io.ferry.Helper1.service
 	sed 's|/usr/local/|/usr/|g' sudo/ferry > $(DEB_ASSETS)/sudoers/ferry
+
+deb-lint: deb
+	lintian --pedantic -I target/debian/ferry_*.deb
 
 # Regenerates dbus-interfaces/*.xml from a live helper on a private bus.
 dbus-interfaces: build
