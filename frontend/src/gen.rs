@@ -4,7 +4,6 @@
 //! handled before argument parsing: it is a build step, not an operator's
 //! command, and it leaves the command enum alone.
 
-use std::ffi::OsString;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,7 +18,7 @@ const VERB: &str = "__generate";
 /// The output directory when ferry was run as `ferry __generate DIR`.
 pub fn requested() -> Option<PathBuf> {
     let mut args = std::env::args_os().skip(1);
-    if args.next()? != OsString::from(VERB) {
+    if args.next()? != VERB {
         return None;
     }
     // A missing DIR means "here": a build step should not silently do nothing.
