@@ -28,7 +28,7 @@ bus_pid=$(dbus-daemon --session --fork --print-pid --address="unix:path=$tmp/bus
 export DBUS_SYSTEM_BUS_ADDRESS=unix:path=$tmp/bus
 
 install -d -m 0755 "$tmp/services"
-install -m 0644 "$REPO/tests/configs/good/busybox.conf" "$tmp/services/all.conf"
+install -m 0644 "$REPO/tests/package/every-interface.conf" "$tmp/services/all.conf"
 FERRY_CONFIG_DIR=$tmp/services FERRY_NODE_CONFIG=$tmp/none.conf \
   "$HELPER" 2>"$tmp/helper.log" &
 helper_pid=$!

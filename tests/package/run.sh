@@ -151,7 +151,7 @@ t_activation() {
   node sh -c "printf '%s\n' '[DEFAULT]' 'nodes = $NAME' '' '[ip#1]' 'ipdev = host0' \
     'ipname = $VIP' 'netmask = 24' >/etc/ferry/services/vip.conf"
   # every interface kind, for the introspection comparison below
-  node sh -c 'cat >/etc/ferry/services/all.conf' <"$REPO/tests/configs/good/busybox.conf"
+  node sh -c 'cat >/etc/ferry/services/all.conf' <"$HERE/every-interface.conf"
   as op ferry status vip || return 1
   node systemctl is-active ferry-helper.service || fail "ferry-helper.service is not active"
   node journalctl -b -u dbus.service --no-pager |
