@@ -16,6 +16,7 @@ mod export;
 mod fs;
 mod guard;
 mod ip;
+mod journal;
 mod lease;
 mod lock;
 mod manager;
@@ -127,15 +128,13 @@ fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if journald_wanted() {
-        match tracing_journald::layer() {
+        match journal::Journald::new() {
             // Fields become FERRY_<NAME> (FERRY_ACTION, FERRY_SERVICE,
-            // FERRY_RID, FERRY_UID, FERRY_RESULT…): upper case as journald
-            // requires, and the prefix keeps them apart from journald's
-            // own fields (the caller's uid is FERRY_UID, ours stays _UID).
+            // FERRY_RID, FERRY_UID, FERRY_RESULT…): see journal.rs.
             Ok(layer) => {
                 tracing_subscriber::registry()
                     .with(filter)
-                    .with(layer.with_field_prefix(Some("FERRY".into())))
+                    .with(layer)
                     .init();
                 return;
             }
