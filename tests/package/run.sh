@@ -54,19 +54,30 @@ node() {
 as() { local u=$1; shift; node runuser -u "$u" -- env HOME="/home/$u" "$@"; }
 
 teardown() {
+  # A crashed earlier run: its nspawn's pid is in the pid file; stop that
+  # process only if it still is that nspawn.
+  if [ -z "$NSPAWN_PID" ] && [ -f "$WORK/nspawn.pid" ]; then
+    NSPAWN_PID=$(cat "$WORK/nspawn.pid")
+    tr '\0' ' ' <"/proc/$NSPAWN_PID/cmdline" 2>/dev/null | grep -q "systemd-nspawn .*-M $NAME " ||
+      NSPAWN_PID=
+  fi
   if [ -n "$NSPAWN_PID" ] && [ -d "/proc/$NSPAWN_PID" ]; then
     [ -z "$PID1" ] || node systemctl poweroff --no-block >/dev/null 2>&1
+    # SIGTERM makes nspawn shut the container down cleanly
+    [ -n "$PID1" ] || kill "$NSPAWN_PID" 2>/dev/null
     for _ in $(seq 100); do [ -d "/proc/$NSPAWN_PID" ] || break; sleep 0.1; done
     [ ! -d "/proc/$NSPAWN_PID" ] || kill -9 "$NSPAWN_PID" 2>/dev/null
     for _ in $(seq 50); do [ -d "/proc/$NSPAWN_PID" ] || break; sleep 0.1; done
   fi
+  NSPAWN_PID= PID1=
   # nspawn leaves empty cgroups behind: remove them, deepest first.
   for h in systemd unified; do
     [ -d "/sys/fs/cgroup/$h/$NAME" ] &&
       find "/sys/fs/cgroup/$h/$NAME" -depth -type d -exec rmdir {} \; 2>/dev/null
   done
-  mountpoint -q "$ROOT" && umount "$ROOT"
-  rm -rf "$WORK"
+  mountpoint -q "$ROOT" && { umount "$ROOT" || umount -l "$ROOT"; }
+  # never remove through a mount: the lower layer is the cached tree
+  mountpoint -q "$ROOT" || rm -rf "$WORK"
 }
 
 # ---- the tree, the overlay, what must be there before boot
@@ -111,6 +122,7 @@ unshare --mount --propagation private bash -c '
     --private-users=no --link-journal=no --network-veth --console=read-only
 ' >"$WORK/console.log" 2>&1 &
 NSPAWN_PID=$!
+echo "$NSPAWN_PID" >"$WORK/nspawn.pid"
 for _ in $(seq 200); do
   PID1=$(cat "/proc/$NSPAWN_PID/task/$NSPAWN_PID/children" 2>/dev/null | awk '{print $1}')
   [ -n "$PID1" ] && [ -e "/proc/$PID1/root/run/systemd/private" ] && break
