@@ -52,9 +52,6 @@ one service config per file, see \fBferry.conf\fR(5)
 .TP
 \fI/etc/ferry/ferry.conf\fR
 this node's settings: its name, how peers are reached (ssh or sudo)
-.TP
-\fI/run/ferry/locks/SERVICE.lock\fR
-the per-service lock every action holds on its node
 .SH ENVIRONMENT
 .TP
 \fBFERRY_LOG\fR
@@ -63,6 +60,10 @@ log filter of the frontend (default \fIwarn\fR)
 \fBFERRY_NODE_CONFIG\fR
 another node config than \fI/etc/ferry/ferry.conf\fR
 .SH NOTES
+Every action holds the service's lock on its node, kept by the helper for
+ferry's bus connection; a second action fails at once, or waits
+\fB\-\-waitlock\fR seconds.
+.PP
 Everything privileged is a call to this node's \fBferry-helper\fR(8) on the
 D-Bus system bus, which asks polkit. The package ships example rules under
 \fI/usr/share/doc/ferry/examples/\fR: copy \fI50-ferry-operators.rules\fR to
