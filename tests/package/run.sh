@@ -129,6 +129,8 @@ for _ in $(seq 200); do
   [ -d "/proc/$NSPAWN_PID" ] || { cat "$WORK/console.log"; exit 1; }
   sleep 0.05
 done
+[ -n "$PID1" ] && [ -e "/proc/$PID1/root/run/systemd/private" ] ||
+  { echo "package: the node did not boot within 10 s" >&2; cat "$WORK/console.log"; exit 1; }
 state=$(node timeout 60 systemctl is-system-running --wait 2>&1)
 echo "package: booted in $(ms "$t") ms (system $state)"
 # The host side: up, so the node's ARP probe has a link, and no address at all.
