@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PREFIX ?= /usr/local
 
-.PHONY: all build deps demo check lint unit integration bench soak install clean lab-down
+.PHONY: all build deps demo check lint unit integration bench soak install clean lab-down deb deb-assets deb-lint package-test dbus-interfaces
 
 all: build
 
@@ -17,8 +17,9 @@ build:
 demo: deps build
 	bash tests/demo.sh
 
-# Everything CI runs: formatting, lints, unit tests, the lab integration tests.
-check: deps lint unit build integration
+# Everything CI runs: formatting, lints, unit tests, the lab integration
+# tests, and the Debian package in a node booted with systemd.
+check: deps lint unit build integration package-test
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -40,6 +41,38 @@ soak: deps build
 lab-down:
 	bash tests/lab/lab down
 
+# The Debian package: target/debian/ferry_<version>_<arch>.deb, built by
+# cargo-deb from [package.metadata.deb] in frontend/Cargo.toml.
+DEB_ASSETS := build/deb-assets
+deb: deb-assets
+	@command -v cargo-deb >/dev/null || $(CARGO) install cargo-deb --locked
+	$(CARGO) deb -p ferry --no-build --locked
+
+# What the package needs that is made at build time: man pages and
+# completions rendered from the clap definitions, and the unit, activation
+# and sudoers files with the package's /usr paths (the files in the repo
+# carry /usr/local, for `make install`).
+deb-assets: build
+	rm -rf $(DEB_ASSETS)
+	mkdir -p $(DEB_ASSETS)/units $(DEB_ASSETS)/system-services $(DEB_ASSETS)/sudoers
+	target/release/ferry __generate $(DEB_ASSETS)
+	for f in ferry-helper.service ferry-sync@.service ferry-sync@.timer; do \
+		sed 's|/usr/local/|/usr/|g' systemd/$$f > $(DEB_ASSETS)/units/$$f; done
+	sed 's|/usr/local/|/usr/|g' systemd/io.ferry.Helper1.service > $(DEB_ASSETS)/system-services/io.ferry.Helper1.service
+	sed 's|/usr/local/|/usr/|g' sudo/ferry > $(DEB_ASSETS)/sudoers/ferry
+
+deb-lint: deb
+	lintian --pedantic -I target/debian/ferry_*.deb
+
+# Regenerates dbus-interfaces/*.xml from a live helper on a private bus.
+dbus-interfaces: build
+	bash tests/package/dump-interfaces.sh
+
+# Installs the package in a fresh Debian 12 booted with systemd under
+# systemd-nspawn and checks it there (tests/package/run.sh).
+package-test: deb
+	bash tests/package/run.sh
+
 install: build
 	install -D -m 0755 target/release/ferry $(DESTDIR)$(PREFIX)/bin/ferry
 	install -D -m 0755 target/release/ferry-helper $(DESTDIR)$(PREFIX)/libexec/ferry-helper
@@ -53,3 +86,4 @@ install: build
 
 clean:
 	$(CARGO) clean
+	rm -rf build

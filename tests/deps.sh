@@ -6,7 +6,11 @@
 set -euo pipefail
 packages=(docker.io containerd tini dbus polkitd openssh-server openssh-client sudo lvm2
   busybox-static iputils-arping e2fsprogs psmisc iproute2 util-linux systemd procps
-  sanlock libsanlock-dev pkg-config gcc libc6-dev)
+  sanlock libsanlock-dev pkg-config gcc libc6-dev
+  debootstrap systemd-container lintian)
+# debootstrap and systemd-container boot the package test's node
+# (tests/package/run.sh). --no-install-recommends below matters for them:
+# libnss-mymachines would edit this host's nsswitch.conf.
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,3 +22,5 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "deps: cargo not found: install a Rust toolchain (rustup)" >&2; exit 1; }
+# make deb builds the package with cargo-deb, from crates.io.
+command -v cargo-deb >/dev/null || cargo install cargo-deb --locked

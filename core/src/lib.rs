@@ -6,4 +6,5 @@
 
 pub mod config;
 pub mod dbus;
+pub mod helper_cli;
 pub mod status;

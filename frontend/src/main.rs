@@ -6,6 +6,7 @@ mod action;
 mod client;
 mod docker;
 mod error;
+mod gen;
 mod lock;
 mod log;
 mod ocf;
@@ -26,10 +27,19 @@ use crate::client::Helper;
 use crate::error::{FerryError, Result};
 use crate::log::Log;
 
+/// `ferry --version`: the version and the git commit it was built from
+/// (build.rs), so a report from a node names the exact build.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("FERRY_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "ferry",
-    version,
+    version = VERSION,
     about = "Relocate Docker-based services between nodes sharing storage"
 )]
 struct Cli {
@@ -336,6 +346,10 @@ async fn run(cli: Cli) -> Result<i32> {
 }
 
 fn main() -> ExitCode {
+    // `make deb` renders man pages and completions from this very Cli.
+    if let Some(dir) = gen::requested() {
+        return gen::run(<Cli as clap::CommandFactory>::command(), &dir);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")

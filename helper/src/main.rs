@@ -16,6 +16,7 @@ mod export;
 mod fs;
 mod guard;
 mod ip;
+mod journal;
 mod lease;
 mod lock;
 mod manager;
@@ -24,7 +25,7 @@ mod sanlock;
 mod service;
 mod vg;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -109,15 +110,50 @@ async fn run() -> Result<(), String> {
     Ok(())
 }
 
-fn main() -> ExitCode {
+/// Under systemd the journal is where the helper's records belong, with
+/// their fields kept: `journalctl -u ferry-helper FERRY_SERVICE=busybox`.
+/// JOURNAL_STREAM says systemd connected our stderr to the journal; without
+/// it (started by hand from a terminal) the operator wants to read stderr.
+fn journald_wanted() -> bool {
+    use std::io::IsTerminal;
+    Path::new("/run/systemd/system").exists()
+        && (std::env::var_os("JOURNAL_STREAM").is_some()
+            || (Path::new("/run/systemd/journal/socket").exists()
+                && !std::io::stderr().is_terminal()))
+}
+
+fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if journald_wanted() {
+        match journal::Journald::new() {
+            // Fields become FERRY_<NAME> (FERRY_ACTION, FERRY_SERVICE,
+            // FERRY_RID, FERRY_UID, FERRY_RESULT…): see journal.rs.
+            Ok(layer) => {
+                tracing_subscriber::registry()
+                    .with(filter)
+                    .with(layer)
+                    .init();
+                return;
+            }
+            Err(e) => eprintln!("ferry-helper: journald unavailable ({e}); logging to stderr"),
+        }
+    }
+    // The lab (no systemd): plain lines on stderr, which the lab keeps in a file.
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
+}
+
+fn main() -> ExitCode {
+    // Before any bus work: `--help` and `--version` must answer on a host
+    // without a system bus, and a stray argument must not start a daemon.
+    let _args = <ferry_core::helper_cli::HelperArgs as clap::Parser>::parse();
+    init_logging();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
