@@ -296,18 +296,8 @@ mod tests {
         }
     }
 
-    fn cfg() -> ServiceConfig {
-        ferry_core::config::parse_service(
-            "/x/svc.conf",
-            "[DEFAULT]\nnodes = n1 n2\n[ip#1]\nipdev = lab0\nipname = 203.0.113.25\n\
-             [lease#1]\ndev = /dev/loop9\n[fs#1]\ndev = /dev/loop8\nmnt = /srv/x\ntype = ext4\n",
-        )
-        .expect("valid")
-    }
-
     #[test]
     fn monitor_is_exact() {
-        let c = cfg();
         let all = |a: &str, b: &str, c2: &str| {
             vec![
                 st("ip#1", a, &[]),
