@@ -205,7 +205,7 @@ t_simultaneous_starts_never_both_live() {
     fi
     stop_everywhere
   done
-  echo "20 simultaneous starts: node1 won $wins1, node2 won $wins2, neither $none; never both"
+  echo "measured: 20 simultaneous starts: node1 won $wins1, node2 won $wins2, neither $none; never both"
 }
 
 t_helper_killed_while_holding_the_lease() {
@@ -247,7 +247,7 @@ t_sanlock_daemon_killed_lease_expires() {
   done
   [ -n "$started" ] || fail "node2 never got the lease"
   local took=$((started - t0))
-  echo "lease taken over $took s after node1's sanlock daemon died (8 x io_timeout + 60 s = 68 s)"
+  echo "measured: lease taken over $took s after node1's sanlock daemon died (8 x io_timeout + 60 s = 68 s)"
   [ "$took" -ge 60 ] || fail "node2 got the lease after only $took s: before expiry"
   ext4_live node2 || fail "node2 started but does not hold the ext4"
   expect_ok as op node2 ferry stop busybox

@@ -78,6 +78,8 @@ run_test() { # NAME FUNCTION
   if ( set -e; "$fn" ) >"$log" 2>&1; then
     PASSED=$((PASSED + 1))
     printf 'test %-60s ok (%d ms)\n' "$name" $((($(date +%s%N) - t0) / 1000000))
+    # numbers a test measured, shown even when it passes
+    grep '^measured: ' "$log" | sed 's/^/    /' || true
   else
     FAILED=$((FAILED + 1))
     FAILED_NAMES+=("$name")
