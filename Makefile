@@ -81,6 +81,9 @@ install: build
 	install -D -m 0644 systemd/ferry-helper.service $(DESTDIR)/etc/systemd/system/ferry-helper.service
 	install -D -m 0644 polkit/io.ferry.policy $(DESTDIR)/usr/share/polkit-1/actions/io.ferry.policy
 	install -d -m 0755 $(DESTDIR)/etc/ferry/services
+	install -d -m 0755 $(DESTDIR)/usr/lib/ocf/resource.d/ferry
+	sed 's|/usr/bin/ferry|$(PREFIX)/bin/ferry|' ocf/service > $(DESTDIR)/usr/lib/ocf/resource.d/ferry/service
+	chmod 0755 $(DESTDIR)/usr/lib/ocf/resource.d/ferry/service
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/ferry/README.md
 	@echo "installed; now grant rights with a polkit rule (see polkit/*.rules) and: systemctl daemon-reload; dbus reload"
 
