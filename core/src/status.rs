@@ -63,6 +63,11 @@ impl fmt::Display for State {
 
 /// How a lease's first comment starts when another node holds it.
 pub const LEASE_HELD_ELSEWHERE: &str = "held by ";
+/// A container's comment when its service's docker daemon does not answer
+/// (the tutorial's wording).
+pub const DAEMON_NOT_RUNNING: &str = "docker daemon is not running";
+/// A container's comment when the daemon runs but has no such container.
+pub const NO_CONTAINER: &str = "can not find container id";
 
 /// One resource's status as the helper reports it on the bus: `(sssas)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]

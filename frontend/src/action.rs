@@ -72,13 +72,26 @@ pub async fn start(
             cfg.name
         )));
     }
+    // A private daemon that ran before this start (started on demand by
+    // `ferry docker`, or by an earlier partial start) is not this start's to
+    // stop: a rollback keeps it.
+    let daemon_was_up = before.iter().any(|s| {
+        cfg.resource(&s.rid)
+            .is_some_and(|r| r.kind() == Kind::Container)
+            && !s
+                .comments
+                .iter()
+                .any(|c| c == ferry_core::status::DAEMON_NOT_RUNNING)
+    });
     let t0 = Instant::now();
     let mut touched: Vec<&Resource> = Vec::new();
     for r in &selected {
         if crate::log::interrupted() {
             log.warn(None, "interrupted: rolling back what this start did");
             let undo: Vec<&Resource> = touched.into_iter().filter(|r| !was_up(&r.rid)).collect();
-            stop_list(h, cfg, &undo, log, true).await.ok();
+            stop_list(h, cfg, &undo, log, Some(daemon_was_up))
+                .await
+                .ok();
             return Err(FerryError::Failed(format!(
                 "start of '{}' interrupted and rolled back",
                 cfg.name
@@ -97,7 +110,9 @@ pub async fn start(
                     touched.into_iter().filter(|r| !was_up(&r.rid)).collect();
                 if !undo.is_empty() {
                     log.warn(None, "rolling back what this start did");
-                    stop_list(h, cfg, &undo, log, true).await.ok();
+                    stop_list(h, cfg, &undo, log, Some(daemon_was_up))
+                        .await
+                        .ok();
                 }
                 return Err(e);
             }
@@ -113,7 +128,7 @@ pub async fn start(
 pub async fn stop(h: &Helper, cfg: &ServiceConfig, rids: &[String], log: &Log) -> Result<()> {
     let selected = select(cfg, rids)?;
     let t0 = Instant::now();
-    stop_list(h, cfg, &selected, log, false).await?;
+    stop_list(h, cfg, &selected, log, None).await?;
     log.info(
         None,
         &format!("stop done in {} ms", t0.elapsed().as_millis()),
@@ -121,16 +136,19 @@ pub async fn stop(h: &Helper, cfg: &ServiceConfig, rids: &[String], log: &Log) -
     Ok(())
 }
 
-/// Stop `list` (given in start order) in reverse. When `keep_going`, a
-/// failure is logged and the rest is still stopped (rollback); otherwise the
-/// first failure ends the stop, leaving what sits below it up.
+/// Stop `list` (given in start order) in reverse. A rollback
+/// (`rollback = Some(daemon_was_up)`) logs a failure and still stops the
+/// rest, and keeps a daemon that ran before the start; a stop (`None`) ends
+/// at the first failure, leaving what sits below it up.
 async fn stop_list(
     h: &Helper,
     cfg: &ServiceConfig,
     list: &[&Resource],
     log: &Log,
-    keep_going: bool,
+    rollback: Option<bool>,
 ) -> Result<()> {
+    let keep_going = rollback.is_some();
+    let keep_daemon = rollback == Some(true);
     let all_containers: Vec<&str> = cfg
         .resources
         .iter()
@@ -146,7 +164,7 @@ async fn stop_list(
         // while any other still runs); a partial stop keeps it for the others.
         let last_container = if r.kind() == Kind::Container {
             containers_left -= 1;
-            containers_left == 0 && (whole || keep_going)
+            containers_left == 0 && (whole || keep_going) && !keep_daemon
         } else {
             false
         };

@@ -158,6 +158,18 @@ impl LockArgs {
 enum PrintWhat {
     /// The service's config as this node's helper runs it.
     Config { service: String },
+    /// The tutorial's `print status`: the same as `ferry status SVC…`.
+    Status {
+        services: Vec<String>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Ask every node of the service, in parallel.
+        #[arg(long)]
+        all_nodes: bool,
+        /// This node only: do not compare configs with the peers.
+        #[arg(long)]
+        local: bool,
+    },
 }
 
 fn validate(files: &[PathBuf]) -> Result<()> {
@@ -303,6 +315,15 @@ async fn run(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
+        Cmd::Print {
+            what:
+                PrintWhat::Status {
+                    services,
+                    format,
+                    all_nodes,
+                    local,
+                },
+        } => status(services, format, all_nodes, local).await.map(|_| 0),
         Cmd::Print {
             what: PrintWhat::Config { service },
         } => {

@@ -168,9 +168,9 @@ pub fn map_status(
 ) -> ResourceStatus {
     match obs {
         Observation::DaemonDown => ResourceStatus::new(rid, State::Down, run_image)
-            .with_comment("docker daemon is not running"),
+            .with_comment(ferry_core::status::DAEMON_NOT_RUNNING),
         Observation::NotFound => ResourceStatus::new(rid, State::Down, run_image)
-            .with_comment("can not find container id"),
+            .with_comment(ferry_core::status::NO_CONTAINER),
         Observation::Error(e) => ResourceStatus::new(rid, State::Warn, run_image).with_comment(e),
         Observation::Found(o) if o.running => {
             let label = format!("{}@{run_image}", short(&o.id));
@@ -325,6 +325,17 @@ async fn wait_up(docker: &Docker, id: &str, first_run: bool) -> Result<Waited> {
     }
 }
 
+/// A start whose image the daemon does not have: name it, and say how to
+/// get it there through ferry.
+pub fn missing_image(service: &str, run_image: &str) -> String {
+    format!(
+        "image {run_image} is not in the service's docker daemon: load it first, with \
+         `ferry docker {service} -- load < image.tar` (a `docker save` archive), \
+         `ferry docker {service} -- import - {run_image} < rootfs.tar`, \
+         or `ferry docker {service} -- pull {run_image}` where a registry is reachable"
+    )
+}
+
 pub async fn start(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> Result<Vec<String>> {
     let name = container_name(&svc.name, rid);
     let host = daemon::docker_host(svc);
@@ -352,10 +363,7 @@ pub async fn start(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> Resul
         Observation::NotFound => {
             if let Err(e) = docker.inspect_image(&c.run_image).await {
                 return Err(if is_status(&e, 404) {
-                    HelperError::failed(format!(
-                        "image {} not found in the service's daemon: load or pull it with `ferry docker {} -- pull/load`",
-                        c.run_image, svc.name
-                    ))
+                    HelperError::failed(missing_image(&svc.name, &c.run_image))
                 } else {
                     api_error(&format!("inspect image {}", c.run_image), e)
                 });

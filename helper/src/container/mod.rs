@@ -29,7 +29,13 @@ pub async fn status(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> Reso
     let s = engine::status(svc, rid, c).await;
     // A daemon that does not answer may still run, holding the data root
     // on the shared fs: that is not "down".
-    if s.state() == ferry_core::status::State::Down && daemon::has_processes(svc) {
+    // (A daemon that answers without the container is the tutorial's
+    // "can not find container id": down, not this.)
+    let daemon_down = s
+        .comments
+        .iter()
+        .any(|c| c == ferry_core::status::DAEMON_NOT_RUNNING);
+    if s.state() == ferry_core::status::State::Down && daemon_down && daemon::has_processes(svc) {
         return ResourceStatus::new(rid, ferry_core::status::State::Warn, &s.label).with_comment(
             "processes of the service's docker daemon still run here, though it does not answer",
         );

@@ -13,7 +13,8 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 
-use ferry_core::config::ServiceConfig;
+use ferry_core::config::{ResourceConfig, ServiceConfig};
+use ferry_core::status::State;
 use tracing::info;
 use zbus::message::Header;
 use zbus::Connection;
@@ -82,6 +83,18 @@ pub async fn serve(
     Record::new(Some(&who), ACTION, service, rid, Outcome::Allowed)
         .args(&args)
         .log();
+    // A new service has no image yet: `images`, `load`, `import`, `pull`
+    // need the daemon before any container exists. Start it here, as a
+    // start would, under the same rules (and its own polkit action).
+    if !daemon::is_running(&svc).await {
+        if let Err(e) = start_on_demand(ctx, &svc, header, conn).await {
+            Record::new(Some(&who), ACTION, service, rid, Outcome::Failed)
+                .args(&args)
+                .error(&e)
+                .log();
+            return Err(e);
+        }
+    }
     // A caller that goes away (Ctrl-C on `ferry docker … -- attach`) must
     // not leave docker holding its terminal: dropping the run future kills
     // the CLI.
@@ -99,6 +112,82 @@ pub async fn serve(
             .log();
     }
     outcome
+}
+
+/// The polkit action (and guard rule) of starting the daemon on demand.
+const START_DAEMON: &str = "io.ferry.container.start-daemon";
+
+/// Start the service's daemon for a `ferry docker` call: authorized for
+/// `io.ferry.container.start-daemon` too, under the service mutex and the
+/// service lock, and only where the service's storage is up here (address,
+/// lease, every filesystem). The daemon keeps running; `ferry stop` stops it.
+async fn start_on_demand(
+    ctx: &ResCtx,
+    svc: &ServiceConfig,
+    header: &Header<'_>,
+    conn: &Connection,
+) -> Result<()> {
+    crate::auth::privileged(
+        &ctx.reg,
+        conn,
+        header,
+        START_DAEMON,
+        &ctx.service,
+        &ctx.rid,
+        || async {
+            // Another call may have started it while this one waited.
+            if daemon::is_running(svc).await {
+                return Ok(());
+            }
+            storage_up_here(ctx, svc).await?;
+            for line in daemon::start(svc).await? {
+                info!(service = %svc.name, rid = %ctx.rid, "on demand: {line}");
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// The rids a start must bring up before the daemon: everything but the
+/// containers, in start order.
+fn storage_rids(svc: &ServiceConfig) -> Vec<&str> {
+    svc.resources
+        .iter()
+        .filter(|r| !matches!(r.config, ResourceConfig::Container(_)))
+        .map(|r| r.rid.as_str())
+        .collect()
+}
+
+fn storage_not_up(svc: &ServiceConfig, why: &str) -> HelperError {
+    HelperError::DaemonNotRunning(format!(
+        "docker daemon of service {} is not running, and ferry starts it on demand only where \
+         the service's storage is up: {why}. Start the storage first: \
+         `ferry start {} --rid {}`",
+        svc.name,
+        svc.name,
+        storage_rids(svc).join(",")
+    ))
+}
+
+/// The guard of a daemon start (address up here, lease held here), and
+/// every filesystem of the service mounted here.
+async fn storage_up_here(ctx: &ResCtx, svc: &ServiceConfig) -> Result<()> {
+    crate::guard::check(ctx, START_DAEMON)
+        .await
+        .map_err(|e| storage_not_up(svc, &e.message()))?;
+    for r in &svc.resources {
+        if let ResourceConfig::Fs(c) = &r.config {
+            let s = crate::fs::status(&r.rid, c).await;
+            if s.state() != State::Up {
+                return Err(storage_not_up(
+                    svc,
+                    &format!("{} ({}) is not mounted here", r.rid, c.mnt),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `docker image …` subcommands that act on the daemon only. `image build`
