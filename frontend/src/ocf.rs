@@ -9,6 +9,7 @@
 //! that Pacemaker never starts a second copy while a first one lingers.
 
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use ferry_core::config::ServiceConfig;
 use ferry_core::status::{ResourceStatus, State};
@@ -156,6 +157,12 @@ pub async fn run(action: &str) -> ExitCode {
         }
         Err(e) => {
             eprintln!("ocf:ferry:service: {e}");
+            // A probe on a node that lacks the config: the service cannot run
+            // there (the helper knows nothing of it), and a probe's 6 would
+            // stop the resource on every node.
+            if action == "monitor" && is_probe() {
+                return code(OCF_NOT_RUNNING);
+            }
             return code(OCF_ERR_CONFIGURED);
         }
     };
@@ -216,14 +223,58 @@ async fn start(h: &Helper, cfg: &ServiceConfig, node: &str) -> u8 {
     if monitor(h, cfg).await == OCF_SUCCESS {
         return OCF_SUCCESS;
     }
-    if let Err(e) = crate::action::start(h, cfg, node, &[], &Log::new(&cfg.name)).await {
-        eprintln!("ocf:ferry:service: start of '{}' failed: {e}", cfg.name);
-        return OCF_ERR_GENERIC;
+    // After a node dies (and is fenced), its sanlock lease frees itself only
+    // after 8 x io_timeout + 60 s: wait for it within the start timeout
+    // Pacemaker gave us, rather than fail at once and get banned from the
+    // only node left. Anything else fails at once.
+    let deadline = start_deadline();
+    loop {
+        match crate::action::start(h, cfg, node, &[], &Log::new(&cfg.name)).await {
+            Ok(()) => break,
+            Err(e) if lease_held(&e) && Instant::now() + LEASE_RETRY < deadline => {
+                eprintln!(
+                    "ocf:ferry:service: start of '{}' waits for the lease: {e}",
+                    cfg.name
+                );
+                tokio::time::sleep(LEASE_RETRY).await;
+            }
+            Err(e) => {
+                eprintln!("ocf:ferry:service: start of '{}' failed: {e}", cfg.name);
+                return OCF_ERR_GENERIC;
+            }
+        }
     }
     match monitor(h, cfg).await {
         OCF_SUCCESS => OCF_SUCCESS,
         _ => OCF_ERR_GENERIC,
     }
+}
+
+/// Pacemaker's probe: a monitor with interval 0.
+fn is_probe() -> bool {
+    std::env::var("OCF_RESKEY_CRM_meta_interval").is_ok_and(|i| i == "0")
+}
+
+/// How often a start that found the lease held by another node tries again.
+const LEASE_RETRY: Duration = Duration::from_secs(2);
+
+/// Until when a start may wait for the lease: the operation's timeout
+/// (`OCF_RESKEY_CRM_meta_timeout`, in ms) less a margin for the start
+/// itself; now when there is none (a start by hand, ocf-tester).
+fn start_deadline() -> Instant {
+    let timeout_ms = std::env::var("OCF_RESKEY_CRM_meta_timeout")
+        .ok()
+        .and_then(|t| t.parse::<u64>().ok())
+        .unwrap_or(0);
+    Instant::now() + Duration::from_millis(timeout_ms).saturating_sub(START_MARGIN)
+}
+
+/// What a start needs besides the wait for the lease, within its timeout.
+const START_MARGIN: Duration = Duration::from_secs(20);
+
+/// The helper refused the lease because another host holds it.
+fn lease_held(e: &FerryError) -> bool {
+    matches!(e, FerryError::Failed(m) if m.contains("LeaseHeld"))
 }
 
 async fn stop(h: &Helper, cfg: &ServiceConfig) -> u8 {
