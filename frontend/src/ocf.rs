@@ -295,16 +295,45 @@ async fn stop(h: &Helper, cfg: &ServiceConfig) -> u8 {
 
 /// The Pacemaker resource that manages `service` on this cluster, if any:
 /// `ferry relocate` must not move such a service behind the cluster's back.
-pub fn pacemaker_resource(service: &str) -> Option<String> {
-    let out = std::process::Command::new("cibadmin")
+/// `Err` when Pacemaker runs on this node but its CIB cannot be read (only
+/// root and `haclient` may): the caller cannot tell, and must not guess.
+pub fn pacemaker_resource(service: &str) -> Result<Option<String>, String> {
+    // /usr/sbin is not in an ordinary user's PATH.
+    let bin = ["/usr/sbin/cibadmin", "/usr/bin/cibadmin"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("cibadmin");
+    let out = std::process::Command::new(bin)
         .args(["--query", "--scope", "resources"])
         .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            Ok(find_primitive(&String::from_utf8_lossy(&o.stdout), service))
+        }
+        // Not running here (or not installed): the CIB's socket is not there.
+        _ if !cib_listening() => Ok(None),
+        _ => Err(format!(
+            "Pacemaker runs on this node, but its CIB cannot be read here (root and members of \
+             haclient only), so ferry cannot tell whether it manages '{service}': run this as \
+             root, or move the service with crm_resource --move"
+        )),
     }
-    find_primitive(&String::from_utf8_lossy(&out.stdout), service)
+}
+
+/// pacemaker-based listens on the abstract socket `@cib_ro` (libqb), which
+/// any user sees in this network namespace's /proc/net/unix (the kernel
+/// shows the name's trailing NUL padding as `@`).
+fn cib_listening() -> bool {
+    std::fs::read_to_string("/proc/net/unix")
+        .map(|t| t.lines().any(is_cib_ro))
+        .unwrap_or(false)
+}
+
+fn is_cib_ro(line: &str) -> bool {
+    line.split_whitespace()
+        .nth(7)
+        .is_some_and(|p| p.trim_end_matches('@') == "@cib_ro")
 }
 
 /// In a CIB `resources` section, the id of the `ocf:ferry:service`
@@ -388,6 +417,19 @@ mod tests {
             st("fs#1", "down", &[]),
         ];
         assert!(matches!(presence(&orphan), Presence::Partial(_)));
+    }
+
+    #[test]
+    fn sees_the_cib_socket() {
+        assert!(is_cib_ro(
+            "00000000326e5dc1: 00000002 00000000 00010000 0001 01 1040313 @cib_ro@@@@@@@@"
+        ));
+        assert!(!is_cib_ro(
+            "00000000326e5dc1: 00000002 00000000 00010000 0001 01 1040313 @cib_rw@@@@@@@@"
+        ));
+        assert!(!is_cib_ro(
+            "00000000326e5dc1: 00000002 00000000 00010000 0001 01 1040313"
+        ));
     }
 
     #[test]
