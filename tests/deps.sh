@@ -7,7 +7,10 @@ set -euo pipefail
 packages=(docker.io containerd tini dbus polkitd openssh-server openssh-client sudo lvm2
   busybox-static iputils-arping e2fsprogs psmisc iproute2 util-linux systemd procps
   sanlock libsanlock-dev pkg-config gcc libc6-dev
-  debootstrap systemd-container lintian)
+  debootstrap systemd-container lintian
+  pacemaker corosync crmsh resource-agents libxml2-utils)
+# pacemaker, corosync, crmsh, resource-agents (ocf-tester) and libxml2-utils
+# (xmllint, for ocf-tester): `lab up N --pacemaker` and the pacemaker suite.
 # debootstrap and systemd-container boot the package test's node
 # (tests/package/run.sh). --no-install-recommends below matters for them:
 # libnss-mymachines would edit this host's nsswitch.conf.

@@ -284,7 +284,7 @@ async fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Relocate { service, to, lock } => {
             // Never fight the cluster manager: it would move the service back.
-            if let Some(id) = ocf::pacemaker_resource(&service) {
+            if let Some(id) = ocf::pacemaker_resource(&service).map_err(FerryError::Usage)? {
                 return Err(FerryError::Usage(format!(
                     "'{service}' is managed by Pacemaker as resource '{id}': move it through \
                      the cluster (crm_resource --move -r {id} -N {to}, then crm_resource --clear -r {id})"

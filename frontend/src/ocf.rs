@@ -9,6 +9,7 @@
 //! that Pacemaker never starts a second copy while a first one lingers.
 
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use ferry_core::config::ServiceConfig;
 use ferry_core::status::{ResourceStatus, State};
@@ -156,6 +157,12 @@ pub async fn run(action: &str) -> ExitCode {
         }
         Err(e) => {
             eprintln!("ocf:ferry:service: {e}");
+            // A probe on a node that lacks the config: the service cannot run
+            // there (the helper knows nothing of it), and a probe's 6 would
+            // stop the resource on every node.
+            if action == "monitor" && is_probe() {
+                return code(OCF_NOT_RUNNING);
+            }
             return code(OCF_ERR_CONFIGURED);
         }
     };
@@ -216,14 +223,58 @@ async fn start(h: &Helper, cfg: &ServiceConfig, node: &str) -> u8 {
     if monitor(h, cfg).await == OCF_SUCCESS {
         return OCF_SUCCESS;
     }
-    if let Err(e) = crate::action::start(h, cfg, node, &[], &Log::new(&cfg.name)).await {
-        eprintln!("ocf:ferry:service: start of '{}' failed: {e}", cfg.name);
-        return OCF_ERR_GENERIC;
+    // After a node dies (and is fenced), its sanlock lease frees itself only
+    // after 8 x io_timeout + 60 s: wait for it within the start timeout
+    // Pacemaker gave us, rather than fail at once and get banned from the
+    // only node left. Anything else fails at once.
+    let deadline = start_deadline();
+    loop {
+        match crate::action::start(h, cfg, node, &[], &Log::new(&cfg.name)).await {
+            Ok(()) => break,
+            Err(e) if lease_held(&e) && Instant::now() + LEASE_RETRY < deadline => {
+                eprintln!(
+                    "ocf:ferry:service: start of '{}' waits for the lease: {e}",
+                    cfg.name
+                );
+                tokio::time::sleep(LEASE_RETRY).await;
+            }
+            Err(e) => {
+                eprintln!("ocf:ferry:service: start of '{}' failed: {e}", cfg.name);
+                return OCF_ERR_GENERIC;
+            }
+        }
     }
     match monitor(h, cfg).await {
         OCF_SUCCESS => OCF_SUCCESS,
         _ => OCF_ERR_GENERIC,
     }
+}
+
+/// Pacemaker's probe: a monitor with interval 0.
+fn is_probe() -> bool {
+    std::env::var("OCF_RESKEY_CRM_meta_interval").is_ok_and(|i| i == "0")
+}
+
+/// How often a start that found the lease held by another node tries again.
+const LEASE_RETRY: Duration = Duration::from_secs(2);
+
+/// Until when a start may wait for the lease: the operation's timeout
+/// (`OCF_RESKEY_CRM_meta_timeout`, in ms) less a margin for the start
+/// itself; now when there is none (a start by hand, ocf-tester).
+fn start_deadline() -> Instant {
+    let timeout_ms = std::env::var("OCF_RESKEY_CRM_meta_timeout")
+        .ok()
+        .and_then(|t| t.parse::<u64>().ok())
+        .unwrap_or(0);
+    Instant::now() + Duration::from_millis(timeout_ms).saturating_sub(START_MARGIN)
+}
+
+/// What a start needs besides the wait for the lease, within its timeout.
+const START_MARGIN: Duration = Duration::from_secs(20);
+
+/// The helper refused the lease because another host holds it.
+fn lease_held(e: &FerryError) -> bool {
+    matches!(e, FerryError::Failed(m) if m.contains("LeaseHeld"))
 }
 
 async fn stop(h: &Helper, cfg: &ServiceConfig) -> u8 {
@@ -244,16 +295,45 @@ async fn stop(h: &Helper, cfg: &ServiceConfig) -> u8 {
 
 /// The Pacemaker resource that manages `service` on this cluster, if any:
 /// `ferry relocate` must not move such a service behind the cluster's back.
-pub fn pacemaker_resource(service: &str) -> Option<String> {
-    let out = std::process::Command::new("cibadmin")
+/// `Err` when Pacemaker runs on this node but its CIB cannot be read (only
+/// root and `haclient` may): the caller cannot tell, and must not guess.
+pub fn pacemaker_resource(service: &str) -> Result<Option<String>, String> {
+    // /usr/sbin is not in an ordinary user's PATH.
+    let bin = ["/usr/sbin/cibadmin", "/usr/bin/cibadmin"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("cibadmin");
+    let out = std::process::Command::new(bin)
         .args(["--query", "--scope", "resources"])
         .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            Ok(find_primitive(&String::from_utf8_lossy(&o.stdout), service))
+        }
+        // Not running here (or not installed): the CIB's socket is not there.
+        _ if !cib_listening() => Ok(None),
+        _ => Err(format!(
+            "Pacemaker runs on this node, but its CIB cannot be read here (root and members of \
+             haclient only), so ferry cannot tell whether it manages '{service}': run this as \
+             root, or move the service with crm_resource --move"
+        )),
     }
-    find_primitive(&String::from_utf8_lossy(&out.stdout), service)
+}
+
+/// pacemaker-based listens on the abstract socket `@cib_ro` (libqb), which
+/// any user sees in this network namespace's /proc/net/unix (the kernel
+/// shows the name's trailing NUL padding as `@`).
+fn cib_listening() -> bool {
+    std::fs::read_to_string("/proc/net/unix")
+        .map(|t| t.lines().any(is_cib_ro))
+        .unwrap_or(false)
+}
+
+fn is_cib_ro(line: &str) -> bool {
+    line.split_whitespace()
+        .nth(7)
+        .is_some_and(|p| p.trim_end_matches('@') == "@cib_ro")
 }
 
 /// In a CIB `resources` section, the id of the `ocf:ferry:service`
@@ -337,6 +417,19 @@ mod tests {
             st("fs#1", "down", &[]),
         ];
         assert!(matches!(presence(&orphan), Presence::Partial(_)));
+    }
+
+    #[test]
+    fn sees_the_cib_socket() {
+        assert!(is_cib_ro(
+            "00000000326e5dc1: 00000002 00000000 00010000 0001 01 1040313 @cib_ro@@@@@@@@"
+        ));
+        assert!(!is_cib_ro(
+            "00000000326e5dc1: 00000002 00000000 00010000 0001 01 1040313 @cib_rw@@@@@@@@"
+        ));
+        assert!(!is_cib_ro(
+            "00000000326e5dc1: 00000002 00000000 00010000 0001 01 1040313"
+        ));
     }
 
     #[test]
