@@ -30,7 +30,7 @@ t_busctl_from_a_plain_shell() {
   contains "/io/ferry/Helper1/service/busybox/ip_231"
   contains "/io/ferry/Helper1/service/busybox/container_231"
   expect_ok as guest node1 busctl --system call io.ferry.Helper1 /io/ferry/Helper1/service/busybox io.ferry.Helper1.Service Status
-  matches '^a\(sssas\) 5 '
+  matches '^a\(sssas\) 6 '
   contains '"ip#1" "down" "203.0.113.25@lab0"'
   expect_ok as guest node1 busctl --system get-property io.ferry.Helper1 /io/ferry/Helper1/service/busybox/fs_231 io.ferry.Helper1.Fs Settings
   contains '"mnt" "/srv/busybox"'
