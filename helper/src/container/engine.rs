@@ -531,6 +531,17 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_image_says_how_to_load_it() {
+        let m = missing_image("busybox", "local/busybox:date");
+        assert!(m.contains("image local/busybox:date"), "{m}");
+        assert!(
+            m.contains("`ferry docker busybox -- load < image.tar`"),
+            "{m}"
+        );
+        assert!(m.contains("import - local/busybox:date"), "{m}");
+    }
+
+    #[test]
     fn names() {
         assert_eq!(
             container_name("busybox", "container#1"),

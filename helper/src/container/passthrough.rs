@@ -404,6 +404,27 @@ mod tests {
     }
 
     #[test]
+    fn storage_not_up_says_what_to_start() {
+        let text = include_str!("../../../tests/lab/busybox.conf");
+        let svc = ferry_core::config::parse_service("busybox.conf", text).expect("lab config");
+        assert_eq!(
+            storage_rids(&svc),
+            vec!["ip#1", "lease#1", "vg#1", "fs#1", "fs#2"]
+        );
+        let e = storage_not_up(&svc, "fs#2 (/srv/busybox/appdata) is not mounted here");
+        assert_eq!(e.kind(), "DaemonNotRunning");
+        let m = e.message();
+        assert!(
+            m.contains("fs#2 (/srv/busybox/appdata) is not mounted here"),
+            "{m}"
+        );
+        assert!(
+            m.contains("`ferry start busybox --rid ip#1,lease#1,vg#1,fs#1,fs#2`"),
+            "{m}"
+        );
+    }
+
+    #[test]
     fn argv() {
         assert_eq!(
             docker_argv("unix:///var/lib/ferry/b/docker.sock", &v(&["ps", "-a"])),
