@@ -69,6 +69,8 @@ async fn refuse_while_running(reg: &Registry, service: &str) -> Result<()> {
     };
     let running: Vec<String> = statuses
         .iter()
+        // A lease another node holds shows as warn, yet nothing of the
+        // service is here: that is down for this node.
         .filter(|s| s.state_here() != ferry_core::status::State::Down)
         .map(|s| format!("{} is {}", s.rid, s.state))
         .collect();

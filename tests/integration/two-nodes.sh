@@ -73,7 +73,8 @@ t_guest_cannot_push_config() {
 
 t_start_on_passive_node_is_refused() {
   expect_code 1 as op node2 ferry start busybox
-  # the lease refuses first, before the address is even probed
+  # Rule 0 of the guard: the address is not even probed while another node
+  # holds the lease (the wire probe is the guard of lease-less services).
   contains "lease ferry-busybox@/run/ferry-lab/disks/lease0 is held by node1 (host_id 1)"
   ! node_has_mount node2 || fail "node2 mounted the shared fs"
   ! node_runs_dockerd node2 || fail "node2 started dockerd"
