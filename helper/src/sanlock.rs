@@ -853,12 +853,12 @@ mod tests {
             path: "/run/ferry-lab/disks/lease0",
             offset: 1 << 20,
         };
-        let r = make_resource("t", "ferry", "svc", &disk).unwrap();
+        let r = make_resource("t", "ferry", "svc", &disk).expect("a valid resource");
         // SAFETY: fill keeps a terminating NUL.
         let ls = unsafe { CStr::from_ptr(r.res.lockspace_name.as_ptr()) };
-        assert_eq!(ls.to_str().unwrap(), "ferry");
+        assert_eq!(ls.to_str().expect("utf-8"), "ferry");
         let p = unsafe { CStr::from_ptr(r.disk.path.as_ptr()) };
-        assert_eq!(p.to_str().unwrap(), disk.path);
+        assert_eq!(p.to_str().expect("utf-8"), disk.path);
         assert_eq!(r.disk.offset, 1 << 20);
         assert_eq!(r.res.num_disks, 1);
     }
