@@ -96,6 +96,8 @@ parse_ferry() {
       return -1
     }
     function put(key, v) { if (v >= 0) { printf "ferry %s %s %d\n", run, key, v * 1000; seen[key] = 1 } }
+    # one sample per relocation for steps done once per filesystem: the sum
+    function add(key, v) { if (v >= 0) { acc[key] += v; seen[key] = 1 } }
     {
       remote = (index($0, to ": ") == 1)
       line = $0
@@ -104,7 +106,7 @@ parse_ferry() {
         if (line ~ / answers, same config, service down there \(/) put("precheck", ms(line))
         else if (line ~ / is down: .*\([0-9]+ ms\)$/)               put("c_stop", ms(line))
         else if (line ~ / docker daemon stopped in /)                 put("d_stop", ms(line))
-        else if (line ~ / umount \/.*\([0-9]+ ms\)$/)               put("umount", ms(line))
+        else if (line ~ / umount \/.*\([0-9]+ ms\)$/)               add("umount", ms(line))
         else if (line ~ / vgchange -a n /)                            put("vg_deact", ms(line))
         else if (line ~ / vgchange --deltag /)                        put("vg_untag", ms(line))
         else if (line ~ / ip addr del /)                              put("ip_del", ms(line))
@@ -120,7 +122,7 @@ parse_ferry() {
         else if (line ~ / acquire lease /)                            put("lease_acq", ms(line))
         else if (line ~ / vgchange --addtag /)                        put("vg_tag", ms(line))
         else if (line ~ / vgchange -a y /)                            put("vg_act", ms(line))
-        else if (line ~ / mount -t .*\([0-9]+ ms\)$/)               put("fs_mount", ms(line))
+        else if (line ~ / mount -t .*\([0-9]+ ms\)$/)               add("fs_mount", ms(line))
         else if (line ~ / docker daemon answers .*\([0-9]+ ms\)$/)  put("d_start", ms(line))
         else if (line ~ / is up \([0-9]+ ms\)$/)                     put("c_start", ms(line))
         else if (match(line, /start done in [0-9]+ ms/)) {
@@ -129,6 +131,7 @@ parse_ferry() {
       }
     }
     END {
+      for (k in acc) put(k, acc[k])
       if (start_seen != "" && start_done != "") put("start_overhead", start_seen - start_done)
       n = split("precheck c_stop d_stop umount vg_deact vg_untag lease_rel ip_del ip_add announce lease_acq vg_tag vg_act fs_mount d_start c_start start_done downtime", want, " ")
       for (i = 1; i <= n; i++) if (!seen[want[i]]) printf "bench: warning: no %s line in this ferry output\n", want[i] > "/dev/stderr"
@@ -169,6 +172,8 @@ DEV=lab0
 VG=vgbusybox
 DISK=/run/ferry-lab/disks/data0
 MNT=/srv/busybox
+DISK2=/run/ferry-lab/disks/data1
+MNT2=/srv/busybox/appdata
 export DOCKER_CONFIG=$S/docker-config
 docker_() { docker -H "unix://$SOCK" "$@"; }
 # A sleep without a fork: read from a pipe nobody writes to.
@@ -222,7 +227,9 @@ step ip_del   ip addr del "$VIP/24" dev "$DEV"
 
 SHELL_START=$NODE_COMMON'
 NODE=$1
-fsck_() { local rc=0; e2fsck -p "$DISK" >/dev/null || rc=$?; ((rc <= 1)) || { echo "e2fsck -p exit $rc" >&2; return 1; }; }
+fsck1() { local rc=0; e2fsck -p "$1" >/dev/null || rc=$?; ((rc <= 1)) || { echo "e2fsck -p $1 exit $rc" >&2; return 1; }; }
+fsck_() { fsck1 "$DISK" && fsck1 "$DISK2"; }
+mount_() { mount -t ext4 -o rw "$DISK" "$MNT" && mount -t ext4 -o rw "$DISK2" "$MNT2"; }
 probe() {   # iputils: exit 0 = no answer = the address is free
   arping -D -c1 -w1 -I "$DEV" "$VIP" >/dev/null || { echo "$VIP is in use on the wire" >&2; return 1; }
 }
@@ -270,7 +277,7 @@ step announce      busybox arping -U -c1 -I "$DEV" "$VIP" >/dev/null
 step vg_tag        vgchange -q --addtag "$NODE" "$VG" >/dev/null
 step vg_act        vgchange -q -a y "$VG" >/dev/null
 step e2fsck        fsck_
-step mount_only    mount -t ext4 -o rw "$DISK" "$MNT"
+step mount_only    mount_
 step d_start       start_daemons
 step docker_start  docker_ start busybox.container.1 >/dev/null
 step until_running until_running
@@ -428,7 +435,7 @@ mkdir -p "$OUTDIR"
   echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
   echo "- machine: $(nproc) CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), kernel $(uname -r), $(awk '/^MemTotal/ {printf "%.1f GiB RAM", $2 / 1048576}' /proc/meminfo)"
   echo "- ferry: $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown), binaries from ${BIN#"$REPO"/}"
-  echo "- lab: tests/lab/lab, two nodes; service busybox (ip, sanlock lease at io_timeout 1, vg, fs, one container on a private containerd + dockerd). The plain shell takes no lease: ferry's downtime includes its lease and its guards, the shell's has neither."
+  echo "- lab: tests/lab/lab, two nodes; service busybox (ip, sanlock lease at io_timeout 1, vg, two nested fs, one container on a private containerd + dockerd). The plain shell takes no lease: ferry's downtime includes its lease and its guards, the shell's has neither."
   echo "- samples: $RUNS rounds, each node1 → node2 → node1 by ferry, then the same by plain shell: $((2 * RUNS)) relocations of each, half each way, after one uncounted warm-up round of each"
   echo "- all times in ms: median (min–max). ferry: each helper call's own time as \`ferry relocate\` prints it (as op; the target's lines come over ssh). plain shell: each command as root inside the node, timed in-node with \`\$EPOCHREALTIME\` (no lab-exec or ssh cost). DESIGN §7: the raw medians measured when the lab was designed."
   echo
@@ -437,7 +444,7 @@ mkdir -p "$OUTDIR"
   echo "| **source node (stop)** | | | |"
   row "container stop (\`docker stop -t 10\`, until exited)" c_stop c_stop 65
   row "daemon stop (containerd + dockerd SIGTERM, until gone)" d_stop d_stop 25
-  row "\`umount\` (\`-R\`) the fs" umount umount 7
+  row "\`umount\` (\`-R\`) both fs (fs#2 inside fs#1)" umount umount 7
   row "\`vgchange -a n\`" vg_deact vg_deact ""
   row "\`vgchange --deltag\`" vg_untag vg_untag ""
   row "lease release (sanlock, through the library; shell: no lease)" lease_rel - ""
