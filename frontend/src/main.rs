@@ -56,17 +56,7 @@ enum Format {
 #[derive(Subcommand)]
 enum Cmd {
     /// Show the status tree of services on this node (all when none named).
-    Status {
-        services: Vec<String>,
-        #[arg(long, value_enum, default_value_t = Format::Text)]
-        format: Format,
-        /// Ask every node of the service, in parallel.
-        #[arg(long)]
-        all_nodes: bool,
-        /// This node only: do not compare configs with the peers.
-        #[arg(long)]
-        local: bool,
-    },
+    Status(StatusArgs),
     /// Start a service here (all resources, or those named with --rid).
     Start {
         service: String,
@@ -154,22 +144,26 @@ impl LockArgs {
     }
 }
 
+/// What `ferry status` and `ferry print status` take.
+#[derive(clap::Args)]
+struct StatusArgs {
+    services: Vec<String>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Ask every node of the service, in parallel.
+    #[arg(long)]
+    all_nodes: bool,
+    /// This node only: do not compare configs with the peers.
+    #[arg(long)]
+    local: bool,
+}
+
 #[derive(Subcommand)]
 enum PrintWhat {
     /// The service's config as this node's helper runs it.
     Config { service: String },
     /// The tutorial's `print status`: the same as `ferry status SVC…`.
-    Status {
-        services: Vec<String>,
-        #[arg(long, value_enum, default_value_t = Format::Text)]
-        format: Format,
-        /// Ask every node of the service, in parallel.
-        #[arg(long)]
-        all_nodes: bool,
-        /// This node only: do not compare configs with the peers.
-        #[arg(long)]
-        local: bool,
-    },
+    Status(StatusArgs),
 }
 
 fn validate(files: &[PathBuf]) -> Result<()> {
@@ -247,12 +241,12 @@ async fn run(cli: Cli) -> Result<i32> {
     }
     match cli.cmd {
         Cmd::Validate { files } => validate(&files).map(|_| 0),
-        Cmd::Status {
-            services,
-            format,
-            all_nodes,
-            local,
-        } => status(services, format, all_nodes, local).await.map(|_| 0),
+        Cmd::Status(a)
+        | Cmd::Print {
+            what: PrintWhat::Status(a),
+        } => status(a.services, a.format, a.all_nodes, a.local)
+            .await
+            .map(|_| 0),
         Cmd::Start { service, rid, lock } => {
             let wait = lock.wait_ms()?;
             let h = Helper::connect().await?;
@@ -315,15 +309,6 @@ async fn run(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
-        Cmd::Print {
-            what:
-                PrintWhat::Status {
-                    services,
-                    format,
-                    all_nodes,
-                    local,
-                },
-        } => status(services, format, all_nodes, local).await.map(|_| 0),
         Cmd::Print {
             what: PrintWhat::Config { service },
         } => {
