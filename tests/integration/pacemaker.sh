@@ -63,9 +63,16 @@ t_p_setup() {
   root_on node1 cat $CONF | root_on node2 install -m 0644 /dev/stdin $CONF
   expect_ok as op node1 ferry reload
   expect_ok as op node2 ferry reload
+  # the fence device is configured by lab up, and started by the cluster a
+  # moment later: wait for it (bounded) before anything relies on fencing
+  local i
+  for i in $(seq 1 60); do
+    root_on node1 crm_mon -1 2>/dev/null | grep -q "fence-lab.*Started" && break
+    sleep 0.5
+  done
   expect_ok root_on node1 crm_mon -1
   contains "Online: [ node1 node2 ]"
-  contains "fence-lab"
+  matches "fence-lab.*Started"
   expect_ok root_on node1 crm_attribute --type crm_config --name stonith-enabled --query
   contains "value=true"
 }
