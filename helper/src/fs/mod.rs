@@ -15,9 +15,13 @@ use nix::mount::{umount2, MntFlags};
 use zbus::message::Header;
 use zbus::{interface, Connection};
 
+use crate::audit::Outcome;
 use crate::cmd;
 use crate::ctx::ResCtx;
 use crate::error::{HelperError, Result};
+
+mod mntns;
+mod pins;
 
 pub struct FsObject {
     pub ctx: ResCtx,
@@ -193,33 +197,46 @@ fn describe_pids(pids: &[i32]) -> String {
 
 /// Let go of the copies of the device's mounts that other mount namespaces
 /// of this node keep (a container, `unshare -m`, a user namespace): unmount
-/// them there, and where that fails (busy, or locked in a user namespace),
-/// kill the processes of that namespace, as `fuser -km` does to the users
-/// of the local mount. Either way the superblock must go.
+/// them there (see [`mntns`]: nothing of that namespace is run), and where
+/// that fails (busy, or locked in a user namespace), kill the processes of
+/// that namespace, as `fuser -km` does to the users of the local mount.
+/// Either way the superblock must go.
 async fn release_foreign_mounts(devno: (u32, u32), log: &mut Vec<String>) -> Result<()> {
     let foreign = foreign_mounts(devno);
     let mut namespaces: Vec<&str> = foreign.iter().map(|f| f.namespace.as_str()).collect();
     namespaces.dedup();
     for ns in namespaces {
         let mounts: Vec<&ForeignMount> = foreign.iter().filter(|f| f.namespace == ns).collect();
-        let Some(pid) = mounts.first().and_then(|f| f.pids.first()) else {
-            continue;
-        };
-        let pids = mounts[0].pids.clone();
-        let nsarg = format!("--mount=/proc/{pid}/ns/mnt");
-        let mut unmounted_all = true;
+        let pids = mounts.first().map(|f| f.pids.clone()).unwrap_or_default();
         // Deepest first: later entries sit on top of earlier ones.
-        for f in mounts.iter().rev() {
-            let out = cmd::run("nsenter", &[&nsarg, "--", "umount", &f.mountpoint]).await?;
-            if out.code == 0 {
-                log.push(format!(
-                    "umount {} in mount namespace {ns} (pid {pid})",
-                    f.mountpoint
-                ));
-            } else {
-                unmounted_all = false;
+        let paths: Vec<String> = mounts.iter().rev().map(|f| f.mountpoint.clone()).collect();
+        let opened = pids
+            .iter()
+            .find_map(|p| mntns::MountNs::of_pid(*p, ns).ok().map(|n| (*p, n)));
+        let unmounted_all = match opened {
+            Some((pid, handle)) => {
+                let results = tokio::task::spawn_blocking(move || handle.unmount(paths))
+                    .await
+                    .map_err(|e| HelperError::failed(format!("umount in {ns}: {e}")))?
+                    .map_err(HelperError::failed)?;
+                let mut all = true;
+                for (path, r) in results {
+                    match r {
+                        Ok(()) => {
+                            log.push(format!("umount {path} in mount namespace {ns} (pid {pid})"))
+                        }
+                        Err(e) => {
+                            all = false;
+                            log.push(format!("cannot umount {path} in {ns}: {e}"));
+                        }
+                    }
+                }
+                all
             }
-        }
+            // Its processes are gone already: nothing keeps the copy but
+            // what the final check names.
+            None => continue,
+        };
         if unmounted_all {
             continue;
         }
@@ -366,13 +383,93 @@ async fn mount(c: &FsConfig) -> Result<Vec<String>> {
 /// Unmount the filesystem until the kernel lets go of it: here, and in
 /// every other mount namespace of this node. Down means no superblock of
 /// the device is left on the node, not merely "not in our mount table".
-async fn unmount(c: &FsConfig) -> Result<Vec<String>> {
-    let mut log = unmount_local(c).await?;
-    let Some(dev) = devno(&c.dev) else {
+/// When something outside every mount table still holds it, the pins are
+/// looked for: the processes that only killing frees (users of the device
+/// in any namespace, holders of a socket with one of its files in flight)
+/// are killed, as `fuser -km` would, with an audit line each; the rest
+/// (loop devices, overlays, namespaces kept by an fd) are named.
+pub async fn unmount(service: &str, rid: &str, c: &FsConfig) -> Result<Vec<String>> {
+    let mut log = Vec::new();
+    let Err(first) = let_go(c, &mut log).await else {
         return Ok(log);
     };
+    let Some(dev) = devno(&c.dev) else {
+        return Err(first);
+    };
+    let find = |dev, mnt: String| async move {
+        tokio::task::spawn_blocking(move || pins::find(dev, &mnt))
+            .await
+            .unwrap_or_default()
+    };
+    let found = find(dev, c.mnt.clone()).await;
+    if kill_pin_holders(service, rid, c, &found, &mut log) {
+        // The kernel drops a killed process's files at its exit.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        match let_go(c, &mut log).await {
+            Ok(()) => return Ok(log),
+            Err(e) => log.push(e.message()),
+        }
+    }
+    let left = find(dev, c.mnt.clone()).await;
+    Err(HelperError::Busy(if left.is_empty() {
+        first.message()
+    } else {
+        format!(
+            "{}; held by: {}",
+            first.message(),
+            left.iter()
+                .map(pins::Pin::describe)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    }))
+}
+
+/// Kill the processes behind the pins that only a kill frees, one audit
+/// line each. Whether any was killed.
+fn kill_pin_holders(
+    service: &str,
+    rid: &str,
+    c: &FsConfig,
+    found: &[pins::Pin],
+    log: &mut Vec<String>,
+) -> bool {
+    let mut killed = false;
+    for pin in found {
+        let pids = match pin {
+            pins::Pin::Users { pids, .. } | pins::Pin::InFlight { pids, .. } => pids,
+            _ => continue,
+        };
+        let note = format!(
+            "{} holds {}: kill {}",
+            describe_pids(pids),
+            c.mnt,
+            pin.describe()
+        );
+        crate::audit::Record::new(None, "io.ferry.fs.unmount", service, rid, Outcome::Ok)
+            .note(&note)
+            .log();
+        log.push(note);
+        for p in pids {
+            killed |= nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*p),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .is_ok();
+        }
+    }
+    killed
+}
+
+/// One pass: the local mounts, then the copies in other namespaces; Busy
+/// unless the superblock is gone.
+async fn let_go(c: &FsConfig, log: &mut Vec<String>) -> Result<()> {
+    unmount_local(c, log).await?;
+    let Some(dev) = devno(&c.dev) else {
+        return Ok(());
+    };
     if live_here(c).is_some() {
-        release_foreign_mounts(dev, &mut log).await?;
+        release_foreign_mounts(dev, log).await?;
         // The kernel frees the superblock once the last mount and the last
         // killed process holding one are gone.
         let deadline = std::time::Instant::now() + Duration::from_secs(3);
@@ -395,21 +492,19 @@ async fn unmount(c: &FsConfig) -> Result<Vec<String>> {
         return Err(HelperError::Busy(format!(
             "{why}: the filesystem is not let go{}",
             if left.is_empty() {
-                " (held by no process: an open file, a loop device, or a pinned mount namespace)"
-                    .to_string()
+                " (held outside every mount table)".to_string()
             } else {
                 format!("; still mounted: {}", left.join("; "))
             }
         )));
     }
-    Ok(log)
+    Ok(())
 }
 
 /// Unmount `mnt`, everything below it, and any other mount of its device
 /// in our mount namespace, deepest first. A busy mount gets its users
 /// killed (`fuser -km`) and is retried, a bounded number of times.
-async fn unmount_local(c: &FsConfig) -> Result<Vec<String>> {
-    let mut log = Vec::new();
+async fn unmount_local(c: &FsConfig, log: &mut Vec<String>) -> Result<()> {
     let dev = devno(&c.dev);
     let below = |m: &MountEntry| {
         m.mountpoint == c.mnt
@@ -417,7 +512,8 @@ async fn unmount_local(c: &FsConfig) -> Result<Vec<String>> {
             || Some(m.devno) == dev
     };
     if !mounts()?.iter().any(below) {
-        return Ok(vec![format!("{} is already unmounted", c.mnt)]);
+        log.push(format!("{} is already unmounted", c.mnt));
+        return Ok(());
     }
     for attempt in 1..=UMOUNT_ATTEMPTS {
         let mut busy = None;
@@ -441,7 +537,7 @@ async fn unmount_local(c: &FsConfig) -> Result<Vec<String>> {
         }
         let Some(path) = busy else {
             if !mounts()?.iter().any(below) {
-                return Ok(log);
+                return Ok(());
             }
             continue;
         };
@@ -459,7 +555,7 @@ async fn unmount_local(c: &FsConfig) -> Result<Vec<String>> {
         log.push(format!("{path} is busy: fuser -km {path}"));
         tokio::time::sleep(Duration::from_millis(100 * attempt as u64)).await;
     }
-    Ok(log)
+    Ok(())
 }
 
 #[interface(name = "io.ferry.Helper1.Fs")]
@@ -490,7 +586,7 @@ impl FsObject {
     ) -> Result<Vec<String>> {
         let ctx = &self.ctx;
         ctx.privileged(conn, &header, "io.ferry.fs.unmount", || async {
-            unmount(&config(ctx)?).await
+            unmount(&ctx.service, &ctx.rid, &config(ctx)?).await
         })
         .await
     }
