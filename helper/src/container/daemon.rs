@@ -600,8 +600,9 @@ fn spawn_detached(program: &str, args: &[String], log: &Path) -> Result<Spawned>
     let err = out
         .try_clone()
         .map_err(|e| HelperError::failed(format!("{}: {e}", log.display())))?;
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
+    let mut cmd = tokio::process::Command::new(crate::cmd::trusted_program(program, PATH_ENV)?);
+    cmd.arg0(program)
+        .args(args)
         .env_clear()
         .env("PATH", PATH_ENV)
         .current_dir("/")

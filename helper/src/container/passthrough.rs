@@ -305,8 +305,10 @@ pub async fn run(
     let argv = docker_argv(&daemon::docker_host(svc), args);
     // The arguments are the caller's: escaped and bounded like an audit field.
     info!(target: "exec", service = %svc.name, "docker {}", crate::audit::clean_args(&argv));
-    let mut cmd = tokio::process::Command::new("docker");
-    cmd.args(&argv)
+    let mut cmd =
+        tokio::process::Command::new(crate::cmd::trusted_program("docker", daemon::PATH_ENV)?);
+    cmd.arg0("docker")
+        .args(&argv)
         .env_clear()
         .env("PATH", daemon::PATH_ENV)
         .env("HOME", "/nonexistent")
