@@ -207,7 +207,8 @@ impl Locks {
         if let Some(h) = &old {
             let idle_s = now.saturating_duration_since(h.last_active).as_secs();
             let note = format!(
-                "the lock of service '{service}' held by this connection ({}) was broken after                  {idle_s} s idle by {}",
+                "the lock of service '{service}' held by this connection ({}) was broken after \
+                 {idle_s} s idle by {}",
                 h.sender,
                 new.describe()
             );
@@ -443,7 +444,9 @@ pub async fn acquire_breaking(
         BreakAttempt::AlreadyMine => Ok(Taken::AlreadyMine),
         BreakAttempt::Broke(h) => Ok(Taken::Broke(h)),
         BreakAttempt::Busy(h) => Err(HelperError::Locked(format!(
-            "service '{service}' on {node} is locked by {}, which is in the middle of an              action (a call running or one within {} s): a lock is not broken halfway through              an action; try again",
+            "service '{service}' on {node} is locked by {}, which is in the middle of an \
+             action (a call running or one within {} s): a lock is not broken halfway \
+             through an action; try again",
             h.describe(),
             IDLE_BEFORE_BREAK.as_secs()
         ))),

@@ -93,10 +93,10 @@ impl ManagerObject {
         self.reg.service_names()
     }
 
-    /// Re-read the config directory. It needs its own polkit action: the
-    /// files are root's, but when and whether the helper acts on a change
-    /// is not a guest's call (a file gone bad would drop a running service
-    /// before services were kept; see crate::export::reload).
+    /// Re-read the config directory, behind the polkit action
+    /// io.ferry.config.reload: the files are root's, but when the helper
+    /// acts on a change of them is not any caller's choice. A running
+    /// service whose file went bad is kept (see crate::export::reload).
     async fn reload(
         &self,
         #[zbus(header)] header: Header<'_>,

@@ -196,7 +196,7 @@ t_h_idle_lock_is_broken() {
   node_is_clean node1
   OUT=$(h_log_since "$m")
   printf '%s\n' "$OUT" | grep break-lock
-  matches 'uid=0 .*action="io.ferry.service.break-lock".*result="ok".*lock broken: it was held by uid 2101'
+  matches 'lock broken: it was held by uid 2101 \(pid [0-9]+ python3.*uid=0 .*action="io.ferry.service.break-lock".*result="ok"'
   expect_ok h_holder_calls /tmp/h-hold1
   contains "call io.ferry.Helper1.Error.LockBroken"
   root_on node1 kill -9 "$pid" 2>/dev/null || true
@@ -243,7 +243,7 @@ t_h_busy_lock_is_not_broken() {
   contains "start done in" "$(cat /tmp/h-start.out)"
   [ "$rc" = 1 ] || fail "the --break-lock stop during op's start exited $rc"
   contains "in the middle of an action" "$got"
-  contains "not broken halfway" "$got"
+  contains "not broken halfway through an action" "$got"
   OUT=$(h_log_since "$m")
   lacks "lock broken: it was held by"
   node_has_vip node1 || fail "the service is not up after op's start"
@@ -284,6 +284,9 @@ t_h_image_drift_keeps_monitor_at_0() {
   # commit the running container under the configured tag: another image id
   root_on node1 sh -c "docker -H $sock commit busybox.container.1 local/busybox:date >/dev/null 2>&1 || \
     docker -H $sock commit \$(docker -H $sock ps -q | head -1) local/busybox:date >/dev/null"
+  # op's status may be up to 1 s old (the helper's status cache), and the
+  # commit was no action of the helper's
+  sleep 1.1
   expect_ok as op node1 ferry status busybox
   matches "container#1 +\.\.\.\. warn"
   contains "image drift: local/busybox:date now names another image"
@@ -317,13 +320,25 @@ t_h_guest_calls_cost_little() {
   expect_ok as op node1 ferry start busybox
   expect_ok as op node1 ferry stop busybox
   OUT=$(h_log_since "$m")
-  denied=$(grep -c 'uid=2103 .*result="denied"' <<<"$OUT" || true)
-  echo "measured: 200 denied guest calls left $denied audit records (the rest are summed up at the window's end)"
-  [ "$denied" -le 20 ] || fail "$denied denied records for 200 calls"
+  denied=$(grep 'uid=2103 .*result="denied"' <<<"$OUT" | grep -vc 'more denied calls' || true)
+  echo "measured: 200 denied guest calls left $denied audit records one by one"
+  # 20 a minute per uid; the loop may span the end of one window
+  [ "$denied" -le 40 ] || fail "$denied denied records for 200 calls"
   [ "$denied" -ge 1 ] || fail "no denied record at all"
   matches 'uid=2101 .*action="io.ferry.ip.add".*result="ok"'
   matches 'uid=2101 .*action="io.ferry.ip.remove".*result="ok"'
   node_is_clean node1
+  # the rest are summed up in one line when the window ends (≤ 60 s)
+  local i summed=0
+  for i in $(seq 130); do
+    OUT=$(root_on node1 tail -c +$((m + 1)) "$HELPER_LOG")
+    summed=$(grep -o '[0-9]* more denied calls from uid 2103' <<<"$OUT" | awk '{s += $1} END {print s + 0}')
+    [ $((summed + denied)) -lt 200 ] || break
+    sleep 0.5
+  done
+  matches '[0-9]+ more denied calls from uid 2103 within 60 s were not logged one by one'
+  echo "measured: summed up: $summed; written one by one: $denied; total $((summed + denied)) of 200"
+  [ $((summed + denied)) = 200 ] || fail "$denied written + $summed summed up is not 200"
 }
 
 run_test "hardening: Reload needs io.ferry.config.reload"             t_h_reload_needs_authorization
