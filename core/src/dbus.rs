@@ -30,10 +30,17 @@ pub mod errors {
     pub const FAILED: &str = "io.ferry.Helper1.Error.Failed";
     /// Another caller holds the service lock; the message names it.
     pub const LOCKED: &str = "io.ferry.Helper1.Error.Locked";
+    /// The caller's lock was broken (Service.BreakLock) while it was idle;
+    /// the message says by whom and when.
+    pub const LOCK_BROKEN: &str = "io.ferry.Helper1.Error.LockBroken";
 }
 
 /// The polkit action of `Service.Lock`.
 pub const LOCK_ACTION: &str = "io.ferry.service.lock";
+/// The polkit action of `Service.BreakLock`.
+pub const BREAK_LOCK_ACTION: &str = "io.ferry.service.break-lock";
+/// The polkit action of `Manager.Reload`.
+pub const RELOAD_ACTION: &str = "io.ferry.config.reload";
 
 /// Escape a name into one object path element: `[A-Za-z0-9]` stay, every
 /// other byte becomes `_xx` (hex), as systemd does. `ip#1` → `ip_231`.
@@ -114,6 +121,12 @@ pub trait Service {
     fn lock(&self, wait_ms: u32) -> zbus::Result<()>;
     /// Release this connection's lock (no-op when it holds none).
     fn unlock(&self) -> zbus::Result<()>;
+    /// Take the service's lock like `lock`; when another connection still
+    /// holds it after `wait_ms` and is idle (no call running, none for a
+    /// moment), break its lock (audited; its next call fails with
+    /// `LockBroken`). A holder in the middle of a call keeps it: `Locked`.
+    /// Polkit action `io.ferry.service.break-lock`.
+    fn break_lock(&self, wait_ms: u32) -> zbus::Result<()>;
     #[zbus(property)]
     fn name(&self) -> zbus::Result<String>;
     #[zbus(property)]

@@ -69,6 +69,14 @@ pub const DAEMON_NOT_RUNNING: &str = "docker daemon is not running";
 /// A container's comment when the daemon runs but has no such container.
 pub const NO_CONTAINER: &str = "can not find container id";
 
+/// How a container's comment starts when it runs, but not the image its
+/// config names now: a restart cannot fix that, so it is no failure.
+pub const IMAGE_DRIFT: &str = "image drift: ";
+/// The rid of the entry a service's status gains when the helper runs it
+/// with its last good config, because its file turned bad or untrusted:
+/// `warn`, the file as label, the reason as comment. Not a resource.
+pub const CONFIG_RID: &str = "config";
+
 /// One resource's status as the helper reports it on the bus: `(sssas)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct ResourceStatus {

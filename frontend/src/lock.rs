@@ -61,6 +61,27 @@ pub async fn acquire(h: &Helper, service: &str, node: &str, wait_ms: u32) -> Res
     }
 }
 
+/// How long `--break-lock` waits for the holder when no `--waitlock` is
+/// given.
+pub const BREAK_WAIT_SECS: u64 = 10;
+
+/// Take the service's lock, waiting up to `wait_ms` for its holder, then
+/// breaking the lock of a holder that is idle (the helper never breaks one
+/// in the middle of an action, and audits the break).
+pub async fn acquire_breaking(h: &Helper, service: &str, node: &str, wait_ms: u32) -> Result<()> {
+    let proxy = h.service(service).await?;
+    match proxy.break_lock(wait_ms).await {
+        Ok(()) => Ok(()),
+        Err(zbus::Error::MethodError(name, msg, _)) if name.as_str() == errors::LOCKED => {
+            Err(FerryError::Failed(format!(
+                "the lock of service '{service}' on {node} was not broken: {}",
+                msg.unwrap_or_default()
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

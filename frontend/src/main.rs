@@ -58,6 +58,7 @@ enum Cmd {
     /// Show the status tree of services on this node (all when none named).
     Status(StatusArgs),
     /// Start a service here (all resources, or those named with --rid).
+    /// Refused for a service Pacemaker manages, unless --force.
     Start {
         service: String,
         /// Resource ids, e.g. --rid ip#1,fs#1
@@ -65,14 +66,19 @@ enum Cmd {
         rid: Vec<String>,
         #[command(flatten)]
         lock: LockArgs,
+        #[command(flatten)]
+        act: ActArgs,
     },
-    /// Stop a service here, in the reverse order of start.
+    /// Stop a service here, in the reverse order of start. Refused for a
+    /// service Pacemaker manages, unless --force.
     Stop {
         service: String,
         #[arg(long, value_delimiter = ',')]
         rid: Vec<String>,
         #[command(flatten)]
         lock: LockArgs,
+        #[command(flatten)]
+        act: ActArgs,
     },
     /// Push the service's config to its other nodes (from the node running it).
     Sync {
@@ -131,16 +137,68 @@ enum LeaseWhat {
 
 #[derive(clap::Args)]
 struct LockArgs {
-    /// Wait up to SECONDS for another action on the service to finish.
-    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
-    waitlock: u64,
+    /// Wait up to SECONDS for another action on the service to finish
+    /// (default 0; with --break-lock, 10).
+    #[arg(long, value_name = "SECONDS")]
+    waitlock: Option<u64>,
 }
 
 impl LockArgs {
     /// The wait in the helper's unit; an absurd value is a usage error,
     /// found before anything is asked of anyone.
     fn wait_ms(&self) -> Result<u32> {
-        lock::wait_ms(self.waitlock)
+        lock::wait_ms(self.waitlock.unwrap_or(0))
+    }
+}
+
+/// What `ferry start` and `ferry stop` may override.
+#[derive(clap::Args)]
+struct ActArgs {
+    /// Act although Pacemaker manages the service (it will then see the
+    /// service where it did not put it).
+    #[arg(long)]
+    force: bool,
+    /// When another caller holds the service's lock and stays idle after
+    /// --waitlock (default 10 s), break its lock (audited; needs
+    /// io.ferry.service.break-lock). A holder in the middle of an action
+    /// keeps it.
+    #[arg(long)]
+    break_lock: bool,
+}
+
+impl ActArgs {
+    /// Take the service's lock as the flags say.
+    async fn lock(&self, l: &LockArgs, h: &Helper, service: &str, node: &str) -> Result<()> {
+        if self.break_lock {
+            let wait = lock::wait_ms(l.waitlock.unwrap_or(lock::BREAK_WAIT_SECS))?;
+            lock::acquire_breaking(h, service, node, wait).await
+        } else {
+            lock::acquire(h, service, node, l.wait_ms()?).await
+        }
+    }
+}
+
+/// Pacemaker owns what it manages: a start or stop behind its back leaves
+/// the cluster showing the resource FAILED while it runs elsewhere, so
+/// they are refused (as `relocate` is) unless `force`.
+fn refuse_if_pacemaker_manages(service: &str, verb: &str, force: bool) -> Result<()> {
+    if force {
+        return Ok(());
+    }
+    match ocf::pacemaker_resource(service) {
+        Ok(Some(id)) => Err(FerryError::Usage(format!(
+            "'{service}' is managed by Pacemaker as resource '{id}': a {verb} behind its back \
+             makes the cluster see it FAILED; let the cluster act (crm_resource --move -r {id} \
+             -N NODE to move it, crm_resource --ban -r {id} -N NODE to keep it off a node, then \
+             crm_resource --clear -r {id}), or pass --force"
+        ))),
+        Ok(None) => Ok(()),
+        // Only root and haclient may read the CIB: an operator outside it
+        // is warned, not stopped (the helper cannot tell either yet).
+        Err(why) => {
+            eprintln!("ferry: warning: {why}; going ahead with the {verb}");
+            Ok(())
+        }
     }
 }
 
@@ -247,23 +305,36 @@ async fn run(cli: Cli) -> Result<i32> {
         } => status(a.services, a.format, a.all_nodes, a.local)
             .await
             .map(|_| 0),
-        Cmd::Start { service, rid, lock } => {
-            let wait = lock.wait_ms()?;
+        Cmd::Start {
+            service,
+            rid,
+            lock,
+            act,
+        } => {
+            lock.wait_ms()?;
+            refuse_if_pacemaker_manages(&service, "start", act.force)?;
             let h = Helper::connect().await?;
             let cfg = h.config(&service).await?;
             let node = h.node_name().await?;
             // Held by this connection until the process exits; under sudo,
             // as root (no polkit needed).
-            lock::acquire(&h, &service, &node, wait).await?;
+            act.lock(&lock, &h, &service, &node).await?;
             action::start(&h, &cfg, &node, &rid, &Log::new(&service))
                 .await
                 .map(|_| 0)
         }
-        Cmd::Stop { service, rid, lock } => {
-            let wait = lock.wait_ms()?;
+        Cmd::Stop {
+            service,
+            rid,
+            lock,
+            act,
+        } => {
+            lock.wait_ms()?;
+            refuse_if_pacemaker_manages(&service, "stop", act.force)?;
             let h = Helper::connect().await?;
             let cfg = h.config(&service).await?;
-            lock::acquire(&h, &service, &h.node_name().await?, wait).await?;
+            let node = h.node_name().await?;
+            act.lock(&lock, &h, &service, &node).await?;
             action::stop(&h, &cfg, &rid, &Log::new(&service))
                 .await
                 .map(|_| 0)

@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use ferry_core::config::ServiceConfig;
-use ferry_core::status::{ResourceStatus, State};
+use ferry_core::dbus::errors;
+use ferry_core::status::{ResourceStatus, State, CONFIG_RID, IMAGE_DRIFT};
 
 use crate::client::Helper;
 use crate::error::FerryError;
@@ -72,18 +73,41 @@ pub enum Presence {
 }
 
 /// Up, down, or neither, for one resource, as far as *this node* is
-/// concerned (a lease held by another node is "down here").
+/// concerned (a lease held by another node is "down here"). A container
+/// that runs, only not the image its config names now, is up: a restart
+/// cannot change that, so failing the monitor would make Pacemaker loop.
 fn here(r: &ResourceStatus) -> Option<bool> {
     match r.state_here() {
         State::Up => Some(true),
         State::Down | State::NotApplicable => Some(false),
+        State::Warn if only_image_drift(r) => Some(true),
         _ => None,
     }
 }
 
+/// A running container's warning that is only about its image.
+fn only_image_drift(r: &ResourceStatus) -> bool {
+    r.rid.starts_with("container#")
+        && !r.comments.is_empty()
+        && r.comments.iter().all(|c| c.starts_with(IMAGE_DRIFT))
+}
+
+/// What the status says that the monitor does not judge by, but an
+/// operator should read in Pacemaker's log: image drift, a config file the
+/// helper no longer trusts (it runs the service with its last good config).
+pub fn notes(statuses: &[ResourceStatus]) -> Vec<String> {
+    statuses
+        .iter()
+        .filter(|s| s.rid == CONFIG_RID || only_image_drift(s))
+        .map(|s| format!("{} {}: {}", s.rid, s.state, s.comments.join("; ")))
+        .collect()
+}
+
 pub fn presence(statuses: &[ResourceStatus]) -> Presence {
     let (mut up, mut down, mut odd) = (0, 0, Vec::new());
-    for s in statuses {
+    // Not a resource: the config is judged by the helper, which keeps a
+    // running service's last good one.
+    for s in statuses.iter().filter(|s| s.rid != CONFIG_RID) {
         match here(s) {
             Some(true) => up += 1,
             Some(false) => down += 1,
@@ -102,6 +126,7 @@ pub fn presence(statuses: &[ResourceStatus]) -> Presence {
         if odd.is_empty() {
             odd = statuses
                 .iter()
+                .filter(|s| s.rid != CONFIG_RID)
                 .map(|s| format!("{} {}", s.rid, s.state))
                 .collect();
         }
@@ -146,24 +171,42 @@ pub async fn run(action: &str) -> ExitCode {
         Ok(h) => h,
         Err(e) => {
             eprintln!("ocf:ferry:service: {e}");
-            return code(OCF_ERR_INSTALLED);
+            return code(helper_down(action));
         }
     };
-    let cfg = match h.config(&service).await {
-        Ok(c) => c,
-        Err(FerryError::HelperDown(m)) => {
-            eprintln!("ocf:ferry:service: {m}");
-            return code(OCF_ERR_INSTALLED);
-        }
+    // Does the helper run the service here? It keeps a service loaded (with
+    // its last good config if its file went bad) while anything of it is up
+    // here, so "not loaded" means nothing of it is here.
+    let loaded = match h.services().await {
+        Ok(names) => names.contains(&service),
         Err(e) => {
             eprintln!("ocf:ferry:service: {e}");
-            // A probe on a node that lacks the config: the service cannot run
-            // there (the helper knows nothing of it), and a probe's 6 would
-            // stop the resource on every node.
-            if action == "monitor" && is_probe() {
-                return code(OCF_NOT_RUNNING);
-            }
-            return code(OCF_ERR_CONFIGURED);
+            return code(match e {
+                FerryError::HelperDown(_) => helper_down(action),
+                _ => OCF_ERR_GENERIC,
+            });
+        }
+    };
+    if !loaded {
+        eprintln!(
+            "ocf:ferry:service: the helper has no valid config of '{service}' on this node \
+             (see `ferry validate` and the helper's log)"
+        );
+        if is_probe() {
+            eprintln!("ocf:ferry:service: (a probe: '{service}' cannot run here)");
+        }
+        return code(match action {
+            // Nothing of it can be up here: not running, nothing to stop.
+            "monitor" => OCF_NOT_RUNNING,
+            "stop" => OCF_SUCCESS,
+            _ => OCF_ERR_CONFIGURED,
+        });
+    }
+    let cfg = match h.config(&service).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ocf:ferry:service: {e}");
+            return code(OCF_ERR_GENERIC);
         }
     };
     let node = match h.node_name().await {
@@ -173,6 +216,14 @@ pub async fn run(action: &str) -> ExitCode {
             return code(OCF_ERR_GENERIC);
         }
     };
+    if matches!(action, "start" | "stop") {
+        // Pacemaker's start and stop must not fail on a lock an idle client
+        // holds (a failed stop means fencing): wait, then break it.
+        if let Err(e) = take_lock(&h, &service).await {
+            eprintln!("ocf:ferry:service: {action} of '{service}': {e}");
+            return code(OCF_ERR_GENERIC);
+        }
+    }
     match action {
         "validate-all" => {
             if cfg.nodes.contains(&node) {
@@ -191,6 +242,55 @@ pub async fn run(action: &str) -> ExitCode {
     }
 }
 
+/// No helper on the bus: "not installed" is true for a start or a
+/// validation; a monitor or a stop cannot tell what runs here, so they
+/// fail rather than say "not running".
+fn helper_down(action: &str) -> u8 {
+    match action {
+        "monitor" | "stop" => OCF_ERR_GENERIC,
+        _ => OCF_ERR_INSTALLED,
+    }
+}
+
+/// How long one BreakLock call waits for the holder before breaking an
+/// idle one.
+const BREAK_WAIT_MS: u32 = 5_000;
+
+/// Take the service's lock for this process, breaking an idle holder's;
+/// a holder in the middle of an action is waited for until the
+/// operation's timeout (less a margin) runs out.
+async fn take_lock(h: &Helper, service: &str) -> Result<(), FerryError> {
+    let deadline = Instant::now() + op_timeout().saturating_sub(LOCK_MARGIN);
+    let proxy = h.service(service).await?;
+    loop {
+        match proxy.break_lock(BREAK_WAIT_MS).await {
+            Ok(()) => return Ok(()),
+            Err(zbus::Error::MethodError(name, msg, _))
+                if name.as_str() == errors::LOCKED && Instant::now() < deadline =>
+            {
+                eprintln!(
+                    "ocf:ferry:service: waiting for the lock of '{service}': {}",
+                    msg.unwrap_or_default()
+                );
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The operation's timeout (`OCF_RESKEY_CRM_meta_timeout`, ms); zero when
+/// there is none (by hand, ocf-tester).
+fn op_timeout() -> Duration {
+    let ms = std::env::var("OCF_RESKEY_CRM_meta_timeout")
+        .ok()
+        .and_then(|t| t.parse::<u64>().ok())
+        .unwrap_or(0);
+    Duration::from_millis(ms)
+}
+
+/// What a start or stop needs besides waiting for a lock, within its timeout.
+const LOCK_MARGIN: Duration = Duration::from_secs(30);
+
 async fn monitor(h: &Helper, cfg: &ServiceConfig) -> u8 {
     let statuses = match h.service(&cfg.name).await {
         Ok(s) => s.status().await,
@@ -201,7 +301,12 @@ async fn monitor(h: &Helper, cfg: &ServiceConfig) -> u8 {
     };
     match statuses {
         Ok(st) => match presence(&st) {
-            Presence::Running => OCF_SUCCESS,
+            Presence::Running => {
+                for n in notes(&st) {
+                    eprintln!("ocf:ferry:service: '{}' runs; note: {n}", cfg.name);
+                }
+                OCF_SUCCESS
+            }
             Presence::Stopped => OCF_NOT_RUNNING,
             Presence::Partial(why) => {
                 eprintln!(
@@ -417,6 +522,43 @@ mod tests {
             st("fs#1", "down", &[]),
         ];
         assert!(matches!(presence(&orphan), Presence::Partial(_)));
+    }
+
+    #[test]
+    fn image_drift_and_a_kept_config_do_not_fail_the_monitor() {
+        let drift = |c: &str| {
+            vec![
+                st("ip#1", "up", &[]),
+                st("fs#1", "up", &[]),
+                st("container#1", "warn", &[c]),
+            ]
+        };
+        let d = drift("image drift: local/busybox:date now names another image");
+        assert_eq!(presence(&d), Presence::Running);
+        assert_eq!(notes(&d).len(), 1);
+        // any other container warning is not "running"
+        assert!(matches!(
+            presence(&drift("docker daemon did not answer within 5 s")),
+            Presence::Partial(_)
+        ));
+        // a service run with its last good config is judged by its resources
+        let mut kept = vec![st("ip#1", "up", &[]), st("fs#1", "up", &[])];
+        kept.push(st(
+            CONFIG_RID,
+            "warn",
+            &["mode 664: writable by group or others; running with the last good config"],
+        ));
+        assert_eq!(presence(&kept), Presence::Running);
+        assert!(notes(&kept)[0].contains("last good config"));
+        let mut down = vec![st("ip#1", "down", &[]), st("fs#1", "down", &[])];
+        down.push(st(CONFIG_RID, "warn", &["x"]));
+        assert_eq!(presence(&down), Presence::Stopped);
+        // a failed vgs is neither up nor down
+        let vgs = vec![
+            st("ip#1", "down", &[]),
+            st("vg#1", "warn", &["cannot tell: vgs failed"]),
+        ];
+        assert!(matches!(presence(&vgs), Presence::Partial(_)));
     }
 
     #[test]

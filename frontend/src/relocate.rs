@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use ferry_core::config::{RemoteMode, ServiceConfig};
-use ferry_core::status::State;
+use ferry_core::status::{State, CONFIG_RID};
 
 use crate::action;
 use crate::client::Helper;
@@ -65,6 +65,23 @@ pub async fn relocate(
     }
     if to == here {
         return Err(FerryError::Usage(format!("this node is {to} already")));
+    }
+    // A service the helper runs with its last good config (its file here
+    // went bad) would not come back on its feet here if the move failed,
+    // and the target may run a different file: fix the file first.
+    if let Some(kept) = h
+        .service(&cfg.name)
+        .await?
+        .status()
+        .await?
+        .iter()
+        .find(|s| s.rid == CONFIG_RID)
+    {
+        return Err(FerryError::Failed(format!(
+            "'{}' runs on {here} with its last good config: {}; refusing to relocate it",
+            cfg.name,
+            kept.comments.join("; ")
+        )));
     }
     let peers = Peers::new()?;
 

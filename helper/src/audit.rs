@@ -8,6 +8,18 @@
 //! escaped (control characters, quotes and backslashes, as Rust's
 //! `escape_debug` does) and cut at a bound, with the original size noted.
 //! Field values are quoted after escaping, so a value can never end early.
+//!
+//! Denied calls cost a caller without rights nothing, so they are bounded
+//! per caller uid: the first [`DENIED_BURST`] of a [`DENIED_WINDOW`] are
+//! written one by one, the rest are counted and written as one line
+//! ("N more denied calls from uid X…") when the window ends. Otherwise a
+//! flood of refused calls would make journald's rate limit drop records,
+//! the real ones among them. Records of authorized calls (ok, allowed,
+//! failed) and of root are never held back.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
@@ -146,9 +158,140 @@ impl<'a> Record<'a> {
     }
 }
 
+/// Denied records written one by one per uid and window.
+pub const DENIED_BURST: u32 = 20;
+/// The window of [`DENIED_BURST`].
+pub const DENIED_WINDOW: Duration = Duration::from_secs(60);
+/// Callers whose windows are tracked at most; expired ones go first.
+const DENIED_UIDS_MAX: usize = 4096;
+
+/// One uid's denied calls in its current window.
+struct Window {
+    start: Instant,
+    written: u32,
+    held_back: u32,
+}
+
+/// What to do with one denied record.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    /// Write it; first write the summary of the uid's last window, if that
+    /// held any back and was not summed up yet.
+    Write { summary: Option<u32> },
+    /// Count it. `first` when it is the first held back in this window
+    /// (time to arrange the summary).
+    HoldBack { first: bool },
+}
+
+#[derive(Default)]
+struct DeniedLimiter {
+    windows: HashMap<u32, Window>,
+}
+
+impl DeniedLimiter {
+    fn admit(&mut self, uid: u32, now: Instant) -> Admit {
+        if self.windows.len() >= DENIED_UIDS_MAX {
+            self.windows
+                .retain(|_, w| now.saturating_duration_since(w.start) < DENIED_WINDOW);
+        }
+        let w = self.windows.entry(uid).or_insert(Window {
+            start: now,
+            written: 0,
+            held_back: 0,
+        });
+        let mut summary = None;
+        if now.saturating_duration_since(w.start) >= DENIED_WINDOW {
+            summary = (w.held_back > 0).then_some(w.held_back);
+            *w = Window {
+                start: now,
+                written: 0,
+                held_back: 0,
+            };
+        }
+        if w.written < DENIED_BURST {
+            w.written += 1;
+            Admit::Write { summary }
+        } else {
+            w.held_back += 1;
+            Admit::HoldBack {
+                first: w.held_back == 1,
+            }
+        }
+    }
+
+    /// The count held back in the window that started at `start`, taken
+    /// (so it is summed up once).
+    fn take_held_back(&mut self, uid: u32, start: Instant) -> u32 {
+        match self.windows.get_mut(&uid) {
+            Some(w) if w.start == start => std::mem::take(&mut w.held_back),
+            _ => 0,
+        }
+    }
+
+    fn window_start(&self, uid: u32) -> Option<Instant> {
+        self.windows.get(&uid).map(|w| w.start)
+    }
+}
+
+fn limiter() -> std::sync::MutexGuard<'static, DeniedLimiter> {
+    static L: OnceLock<Mutex<DeniedLimiter>> = OnceLock::new();
+    L.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+fn write_summary(uid: u32, n: u32) {
+    warn!(
+        target: "audit",
+        uid = %uid,
+        result = "denied",
+        "{n} more denied calls from uid {uid} within {} s were not logged one by one",
+        DENIED_WINDOW.as_secs()
+    );
+}
+
+/// Whether a denied record of `uid` is written now (see the module doc).
+fn admit_denied(uid: u32) -> bool {
+    let now = Instant::now();
+    let admit = limiter().admit(uid, now);
+    match admit {
+        Admit::Write { summary } => {
+            if let Some(n) = summary {
+                write_summary(uid, n);
+            }
+            true
+        }
+        Admit::HoldBack { first } => {
+            // Sum up when the window ends, even if this uid calls no more.
+            if first {
+                if let (Ok(rt), Some(start)) = (
+                    tokio::runtime::Handle::try_current(),
+                    limiter().window_start(uid),
+                ) {
+                    rt.spawn(async move {
+                        tokio::time::sleep_until((start + DENIED_WINDOW).into()).await;
+                        let n = limiter().take_held_back(uid, start);
+                        if n > 0 {
+                            write_summary(uid, n);
+                        }
+                    });
+                }
+            }
+            false
+        }
+    }
+}
+
 /// Write one audit record (target `audit`): `info` when it went through,
 /// `warn` when it was refused or failed.
 pub fn record(r: &Record<'_>) {
+    if r.outcome == Outcome::Denied {
+        // Unidentified callers share one bucket.
+        let uid = r.caller.map(|c| c.uid).unwrap_or(u32::MAX);
+        if uid != 0 && !admit_denied(uid) {
+            return;
+        }
+    }
     let uid = r
         .caller
         .map(|c| c.uid.to_string())
@@ -221,6 +364,34 @@ mod tests {
         let c = clean(&"\n".repeat(10_000));
         assert!(c.chars().count() <= FIELD_MAX + 20);
         assert_eq!(clean("busybox"), "busybox");
+    }
+
+    #[test]
+    fn denied_records_are_bounded_per_uid() {
+        let mut l = DeniedLimiter::default();
+        let t0 = Instant::now();
+        for _ in 0..DENIED_BURST {
+            assert_eq!(l.admit(2100, t0), Admit::Write { summary: None });
+        }
+        assert_eq!(l.admit(2100, t0), Admit::HoldBack { first: true });
+        for _ in 0..998 {
+            assert_eq!(l.admit(2100, t0), Admit::HoldBack { first: false });
+        }
+        // another uid has its own window
+        assert_eq!(l.admit(2101, t0), Admit::Write { summary: None });
+        // the next window writes again, after the last one's summary
+        let t1 = t0 + DENIED_WINDOW;
+        assert_eq!(l.admit(2100, t1), Admit::Write { summary: Some(999) });
+        assert_eq!(l.admit(2100, t1), Admit::Write { summary: None });
+        // a summary taken by the timer is not written twice
+        for _ in 2..DENIED_BURST {
+            assert!(matches!(l.admit(2100, t1), Admit::Write { .. }));
+        }
+        assert_eq!(l.admit(2100, t1), Admit::HoldBack { first: true });
+        assert_eq!(l.take_held_back(2100, t1), 1);
+        assert_eq!(l.take_held_back(2100, t1), 0);
+        let t2 = t1 + DENIED_WINDOW;
+        assert_eq!(l.admit(2100, t2), Admit::Write { summary: None });
     }
 
     #[test]

@@ -134,7 +134,15 @@ pub async fn authorize(
     if result.is_authorized {
         Ok(())
     } else {
-        // Service-wide actions (lock, config install) have no rid.
+        // Service-wide actions (lock, config install) have no rid; node-wide
+        // ones (reload) no service either.
+        if service.is_empty() {
+            return Err(HelperError::NotAuthorized(format!(
+                "uid {} is not authorized for {action} on {node}; a polkit rule must grant it, \
+                 e.g. membership in group ferry-operators",
+                caller.uid
+            )));
+        }
         let rid = if rid.is_empty() {
             String::new()
         } else {
@@ -192,6 +200,32 @@ pub async fn identify_and_authorize(
     Ok(who)
 }
 
+/// [`identify_and_authorize`] for an action on the node, not on one
+/// service (Manager.Reload): no service name to check, none passed to polkit.
+pub async fn identify_and_authorize_node(
+    reg: &Registry,
+    conn: &zbus::Connection,
+    header: &Header<'_>,
+    action: &str,
+) -> Result<Caller> {
+    let who = match caller(conn, header).await {
+        Ok(c) => c,
+        Err(e) => {
+            Record::new(None, action, "", "", Outcome::Denied)
+                .error(&e)
+                .log();
+            return Err(e);
+        }
+    };
+    if let Err(e) = authorize(reg.authority(), header, &who, action, "", "", reg.node()).await {
+        Record::new(Some(&who), action, "", "", Outcome::Denied)
+            .error(&e)
+            .log();
+        return Err(e);
+    }
+    Ok(who)
+}
+
 /// Authorize, respect the service lock, serialize per service, run, and
 /// audit the whole exchange.
 pub async fn privileged<T, F, Fut>(
@@ -218,7 +252,13 @@ where
             .log();
         return Err(e);
     }
+    // The lock's holder is busy while its call runs: its lock is not broken
+    // halfway through (see crate::lock).
+    let active = reg.holds().activity(service, &who.sender);
     let outcome = body().await;
+    drop(active);
+    // What the call changed shows at once, in everyone's next status.
+    reg.status_cache().invalidate(service);
     match &outcome {
         Ok(_) => Record::new(Some(&who), action, service, rid, Outcome::Ok).log(),
         Err(e) => Record::new(Some(&who), action, service, rid, Outcome::Failed)

@@ -48,6 +48,17 @@ impl ResCtx {
 }
 
 impl ResCtx {
+    /// This resource's line of the service's status, as `Check` answers:
+    /// recent rather than fresh for callers without a stake
+    /// (crate::status_cache).
+    pub async fn check(
+        &self,
+        conn: &zbus::Connection,
+        header: &zbus::message::Header<'_>,
+    ) -> Result<ferry_core::status::ResourceStatus> {
+        crate::status_cache::check_for(&self.reg, conn, header, &self.service, &self.rid).await
+    }
+
     /// Run a mutating method body behind polkit and the audit log
     /// (see [`crate::auth::privileged`]).
     pub async fn privileged<T, F, Fut>(

@@ -31,6 +31,9 @@ pub enum HelperError {
     /// Another caller holds the service's lock (Service.Lock); the message
     /// names it: uid, pid and command, since when.
     Locked(String),
+    /// The caller's lock was broken while it was idle (Service.BreakLock):
+    /// it no longer holds the service, and must not act as if it did.
+    LockBroken(String),
 }
 
 pub type Result<T> = std::result::Result<T, HelperError>;
@@ -55,6 +58,7 @@ impl HelperError {
             HelperError::Busy(_) => "Busy",
             HelperError::Failed(_) => "Failed",
             HelperError::Locked(_) => "Locked",
+            HelperError::LockBroken(_) => "LockBroken",
         }
     }
 
@@ -71,7 +75,8 @@ impl HelperError {
             | HelperError::DaemonNotRunning(m)
             | HelperError::Busy(m)
             | HelperError::Failed(m)
-            | HelperError::Locked(m) => m.clone(),
+            | HelperError::Locked(m)
+            | HelperError::LockBroken(m) => m.clone(),
         }
     }
 }

@@ -290,6 +290,8 @@ mod tests {
             "io.ferry.config.install",
             "io.ferry.lease.init",
             "io.ferry.service.lock",
+            "io.ferry.service.break-lock",
+            "io.ferry.config.reload",
             // only implies the others
             "io.ferry.service.manage",
         ];

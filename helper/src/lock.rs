@@ -15,10 +15,21 @@
 //! a busctl user cannot act in the middle of someone's relocation. With no
 //! holder, calls proceed as they always did; the registry's per-call mutex
 //! still serializes single calls.
+//!
+//! A holder that stays on the bus but does nothing (an operator's client
+//! left idle) would otherwise block root and Pacemaker for as long as its
+//! connection lives, and a failed Pacemaker stop means fencing. So
+//! `BreakLock(wait_ms)` (its own polkit action) waits up to `wait_ms`, then
+//! takes the lock from a holder that is *idle*: no call of it running, and
+//! none for [`IDLE_BEFORE_BREAK`]. A holder in the middle of a call is never
+//! broken (the call runs under the per-service mutex, which the breaker
+//! takes too), nor one whose calls follow each other (a running start or
+//! stop). The break is audited, and the old holder's next call fails with
+//! `LockBroken`, naming who broke it, until it takes the lock again.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::auth::Caller;
 use crate::error::{HelperError, Result};
@@ -34,6 +45,10 @@ pub struct Holder {
     /// could belong to another process).
     pub comm: Option<String>,
     pub since: SystemTime,
+    /// The holder's calls on the service running now.
+    in_flight: u32,
+    /// When the holder last started or ended a call (or took the lock).
+    last_active: Instant,
 }
 
 impl Holder {
@@ -50,7 +65,14 @@ impl Holder {
             pid: caller.pid,
             comm,
             since: SystemTime::now(),
+            in_flight: 0,
+            last_active: Instant::now(),
         }
+    }
+
+    /// No call of the holder running, and none for `idle`.
+    fn idle_for(&self, idle: Duration, now: Instant) -> bool {
+        self.in_flight == 0 && now.saturating_duration_since(self.last_active) >= idle
     }
 
     /// "uid 2101 (pid 4242 sleep, bus name :1.42) since 2026-11-26 22:51:03 UTC (12 s ago)"
@@ -101,10 +123,34 @@ fn utc(t: SystemTime) -> String {
     )
 }
 
+/// A holder counts as idle, and its lock may be broken, once no call of it
+/// has run for this long. Far more than the gap between two calls of a
+/// running start or stop (milliseconds), far less than Pacemaker's stop
+/// timeout.
+pub const IDLE_BEFORE_BREAK: Duration = Duration::from_secs(2);
+
+/// At most this many broken-lock notes are kept (one per broken holder
+/// until it locks again); the oldest go first.
+const BROKEN_MAX: usize = 64;
+
+/// What a holder whose lock was broken is told at its next call.
+#[derive(Clone, Debug)]
+struct Broken {
+    service: String,
+    sender: String,
+    note: String,
+}
+
+#[derive(Default)]
+struct State {
+    held: HashMap<String, Holder>,
+    broken: Vec<Broken>,
+}
+
 /// The holders, per service. A std mutex: it is never held across an await.
 #[derive(Default)]
 pub struct Locks {
-    held: Mutex<HashMap<String, Holder>>,
+    state: Mutex<State>,
 }
 
 enum Attempt {
@@ -113,29 +159,89 @@ enum Attempt {
     HeldBy(Holder),
 }
 
+/// What [`Locks::try_break`] did.
+#[derive(Debug)]
+enum BreakAttempt {
+    Taken,
+    AlreadyMine,
+    /// The idle holder's lock, now the caller's.
+    Broke(Holder),
+    /// Held by a holder that is not idle.
+    Busy(Holder),
+}
+
 impl Locks {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Holder>> {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding it cannot leave the map half-written.
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn attempt(&self, service: &str, caller: &Caller) -> Attempt {
-        let mut map = self.map();
-        match map.get(service) {
+        let mut st = self.state();
+        match st.held.get(service) {
             Some(h) if h.sender == caller.sender => Attempt::AlreadyMine,
             Some(h) => Attempt::HeldBy(h.clone()),
             None => {
-                map.insert(service.to_string(), Holder::of(caller));
+                st.broken
+                    .retain(|b| !(b.service == service && b.sender == caller.sender));
+                st.held.insert(service.to_string(), Holder::of(caller));
                 Attempt::Taken
             }
         }
     }
 
+    /// Take the lock for `caller`; a holder idle for `idle` loses it to
+    /// the caller, and is noted as broken.
+    fn try_break(&self, service: &str, caller: &Caller, idle: Duration) -> BreakAttempt {
+        let now = Instant::now();
+        let mut st = self.state();
+        let old = match st.held.get(service) {
+            None => None,
+            Some(h) if h.sender == caller.sender => return BreakAttempt::AlreadyMine,
+            Some(h) if !h.idle_for(idle, now) => return BreakAttempt::Busy(h.clone()),
+            Some(h) => Some(h.clone()),
+        };
+        st.broken
+            .retain(|b| !(b.service == service && b.sender == caller.sender));
+        let new = Holder::of(caller);
+        if let Some(h) = &old {
+            let idle_s = now.saturating_duration_since(h.last_active).as_secs();
+            let note = format!(
+                "the lock of service '{service}' held by this connection ({}) was broken after \
+                 {idle_s} s idle by {}",
+                h.sender,
+                new.describe()
+            );
+            if st.broken.len() >= BROKEN_MAX {
+                st.broken.remove(0);
+            }
+            st.broken.push(Broken {
+                service: service.to_string(),
+                sender: h.sender.clone(),
+                note,
+            });
+        }
+        st.held.insert(service.to_string(), new);
+        match old {
+            Some(h) => BreakAttempt::Broke(h),
+            None => BreakAttempt::Taken,
+        }
+    }
+
+    /// The note for `sender` if its lock of `service` was broken.
+    fn broken_for(&self, service: &str, sender: &str) -> Option<String> {
+        self.state()
+            .broken
+            .iter()
+            .find(|b| b.service == service && b.sender == sender)
+            .map(|b| b.note.clone())
+    }
+
     /// Drop the lock if `sender` still holds it; true when it did.
     fn release_if(&self, service: &str, sender: &str) -> bool {
-        let mut map = self.map();
-        if map.get(service).is_some_and(|h| h.sender == sender) {
-            map.remove(service);
+        let mut st = self.state();
+        if st.held.get(service).is_some_and(|h| h.sender == sender) {
+            st.held.remove(service);
             true
         } else {
             false
@@ -143,7 +249,51 @@ impl Locks {
     }
 
     pub fn holder(&self, service: &str) -> Option<Holder> {
-        self.map().get(service).cloned()
+        self.state().held.get(service).cloned()
+    }
+
+    /// Mark a call of `sender` on `service` as running, when `sender` holds
+    /// the lock: until the returned guard drops, the lock cannot be broken.
+    pub fn activity<'a>(&'a self, service: &str, sender: &str) -> Activity<'a> {
+        let mut st = self.state();
+        let mine = match st.held.get_mut(service) {
+            Some(h) if h.sender == sender => {
+                h.in_flight += 1;
+                h.last_active = Instant::now();
+                true
+            }
+            _ => false,
+        };
+        Activity {
+            locks: self,
+            service: service.to_string(),
+            sender: sender.to_string(),
+            mine,
+        }
+    }
+}
+
+/// A running call of the lock's holder (see [`Locks::activity`]); dropped
+/// when the call ends, however it ends.
+pub struct Activity<'a> {
+    locks: &'a Locks,
+    service: String,
+    sender: String,
+    mine: bool,
+}
+
+impl Drop for Activity<'_> {
+    fn drop(&mut self) {
+        if !self.mine {
+            return;
+        }
+        let mut st = self.locks.state();
+        if let Some(h) = st.held.get_mut(&self.service) {
+            if h.sender == self.sender {
+                h.in_flight = h.in_flight.saturating_sub(1);
+                h.last_active = Instant::now();
+            }
+        }
     }
 }
 
@@ -189,7 +339,8 @@ fn drop_stale(locks: &Locks, service: &str, h: &Holder) {
 }
 
 /// Fails with `Locked` when another bus name, still on the bus, holds the
-/// service's lock.
+/// service's lock, and with `LockBroken` when the caller's own lock was
+/// broken (until it takes the lock again).
 pub async fn check_free_for(
     locks: &Locks,
     conn: &zbus::Connection,
@@ -197,6 +348,11 @@ pub async fn check_free_for(
     node: &str,
     caller: &Caller,
 ) -> Result<()> {
+    if let Some(note) = locks.broken_for(service, &caller.sender) {
+        return Err(HelperError::LockBroken(format!(
+            "{note}: this caller no longer holds service '{service}' on {node}"
+        )));
+    }
     let Some(h) = locks.holder(service) else {
         return Ok(());
     };
@@ -253,11 +409,58 @@ pub async fn acquire(
     }
 }
 
+/// What [`acquire_breaking`] did.
+pub enum Taken {
+    /// The lock was free, or became free within the wait.
+    Free,
+    /// The caller held it already.
+    AlreadyMine,
+    /// The idle holder's lock was broken.
+    Broke(Holder),
+}
+
+/// Take the service's lock for `caller`, waiting up to `wait` for its
+/// holder to let go; then break it if the holder is idle (see the module
+/// doc). The break happens under the per-service mutex, so no call of the
+/// holder runs meanwhile (the wait does not: the holder's calls go on).
+/// A holder still busy when the wait ends keeps it: `Locked`.
+pub async fn acquire_breaking(
+    reg: &crate::registry::Registry,
+    conn: &zbus::Connection,
+    service: &str,
+    caller: &Caller,
+    wait: Duration,
+) -> Result<Taken> {
+    let (locks, node) = (reg.holds(), reg.node());
+    match acquire(locks, conn, service, node, caller, wait).await {
+        Ok(true) => return Ok(Taken::Free),
+        Ok(false) => return Ok(Taken::AlreadyMine),
+        Err(HelperError::Locked(_)) => {}
+        Err(e) => return Err(e),
+    }
+    let _serial = reg.lock_service(service).await;
+    match locks.try_break(service, caller, IDLE_BEFORE_BREAK) {
+        BreakAttempt::Taken => Ok(Taken::Free),
+        BreakAttempt::AlreadyMine => Ok(Taken::AlreadyMine),
+        BreakAttempt::Broke(h) => Ok(Taken::Broke(h)),
+        BreakAttempt::Busy(h) => Err(HelperError::Locked(format!(
+            "service '{service}' on {node} is locked by {}, which is in the middle of an \
+             action (a call running or one within {} s): a lock is not broken halfway \
+             through an action; try again",
+            h.describe(),
+            IDLE_BEFORE_BREAK.as_secs()
+        ))),
+    }
+}
+
 /// Release the caller's lock. Unlocking a free lock is a no-op (false);
 /// another name's lock is refused with `Locked`.
 pub fn release(locks: &Locks, service: &str, node: &str, caller: &Caller) -> Result<bool> {
     if locks.release_if(service, &caller.sender) {
         return Ok(true);
+    }
+    if let Some(note) = locks.broken_for(service, &caller.sender) {
+        return Err(HelperError::LockBroken(format!("{note} (on {node})")));
     }
     match locks.holder(service) {
         None => Ok(false),
@@ -295,6 +498,66 @@ mod tests {
         assert!(release(&l, "s", "n", &caller(":1.1")).unwrap_or(false));
         assert!(!release(&l, "s", "n", &caller(":1.1")).unwrap_or(true));
         assert!(matches!(l.attempt("s", &caller(":1.2")), Attempt::Taken));
+    }
+
+    #[test]
+    fn only_an_idle_holder_is_broken_and_learns_it() {
+        let l = Locks::default();
+        assert!(matches!(l.attempt("s", &caller(":1.1")), Attempt::Taken));
+        // just taken: not idle for a second yet
+        assert!(matches!(
+            l.try_break("s", &caller(":1.9"), Duration::from_secs(1)),
+            BreakAttempt::Busy(h) if h.sender == ":1.1"
+        ));
+        // a call of the holder running: never broken, however long it runs
+        let running = l.activity("s", ":1.1");
+        assert!(matches!(
+            l.try_break("s", &caller(":1.9"), Duration::ZERO),
+            BreakAttempt::Busy(_)
+        ));
+        drop(running);
+        // a call of someone else does not count as the holder's
+        let other = l.activity("s", ":1.5");
+        assert!(matches!(
+            l.try_break("s", &caller(":1.9"), Duration::ZERO),
+            BreakAttempt::Broke(h) if h.sender == ":1.1"
+        ));
+        drop(other);
+        assert_eq!(l.holder("s").map(|h| h.sender).as_deref(), Some(":1.9"));
+        let note = l.broken_for("s", ":1.1").unwrap_or_default();
+        assert!(
+            note.contains("was broken after 0 s idle by uid 2101"),
+            "{note}"
+        );
+        assert!(l.broken_for("s", ":1.9").is_none());
+        assert!(l.broken_for("t", ":1.1").is_none());
+        // the old holder takes the lock again (once free): the note is gone
+        assert!(release(&l, "s", "n", &caller(":1.9")).unwrap_or(false));
+        assert!(matches!(l.attempt("s", &caller(":1.1")), Attempt::Taken));
+        assert!(l.broken_for("s", ":1.1").is_none());
+        // breaking a free lock just takes it
+        assert!(matches!(
+            l.try_break("u", &caller(":1.9"), Duration::ZERO),
+            BreakAttempt::Taken
+        ));
+    }
+
+    #[test]
+    fn broken_notes_are_bounded() {
+        let l = Locks::default();
+        for i in 0..(BROKEN_MAX + 10) {
+            let svc = format!("s{i}");
+            assert!(matches!(l.attempt(&svc, &caller(":1.1")), Attempt::Taken));
+            assert!(matches!(
+                l.try_break(&svc, &caller(":1.2"), Duration::ZERO),
+                BreakAttempt::Broke(_)
+            ));
+        }
+        assert_eq!(l.state().broken.len(), BROKEN_MAX);
+        assert!(l.broken_for("s0", ":1.1").is_none());
+        assert!(l
+            .broken_for(&format!("s{}", BROKEN_MAX + 9), ":1.1")
+            .is_some());
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod manager;
 mod registry;
 mod sanlock;
 mod service;
+mod status_cache;
 mod vg;
 
 use std::path::{Path, PathBuf};

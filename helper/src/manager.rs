@@ -6,10 +6,12 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::sync::Arc;
 
 use ferry_core::config;
+use ferry_core::dbus::RELOAD_ACTION;
 use zbus::message::Header;
 use zbus::object_server::ObjectServer;
 use zbus::{interface, Connection};
 
+use crate::audit::{Outcome, Record};
 use crate::auth::privileged;
 use crate::error::{HelperError, Result};
 use crate::registry::Registry;
@@ -91,10 +93,28 @@ impl ManagerObject {
         self.reg.service_names()
     }
 
-    /// Re-read the config directory (configs are root-owned files: reading
-    /// them again grants nothing).
-    async fn reload(&self, #[zbus(object_server)] server: &ObjectServer) -> Result<Vec<String>> {
-        crate::export::reload(&self.reg, server).await
+    /// Re-read the config directory, behind the polkit action
+    /// io.ferry.config.reload: the files are root's, but when the helper
+    /// acts on a change of them is not any caller's choice. A running
+    /// service whose file went bad is kept (see crate::export::reload).
+    async fn reload(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(object_server)] server: &ObjectServer,
+    ) -> Result<Vec<String>> {
+        let who = crate::auth::identify_and_authorize_node(&self.reg, conn, &header, RELOAD_ACTION)
+            .await?;
+        let done = crate::export::reload(&self.reg, server).await;
+        match &done {
+            Ok(names) => Record::new(Some(&who), RELOAD_ACTION, "", "", Outcome::Ok)
+                .note(&format!("services: {}", names.join(" ")))
+                .log(),
+            Err(e) => Record::new(Some(&who), RELOAD_ACTION, "", "", Outcome::Failed)
+                .error(e)
+                .log(),
+        }
+        done
     }
 
     async fn install_config(

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex, RwLock};
 
 use ferry_core::config::{self, NodeConfig, ServiceConfig};
+use ferry_core::status::{ResourceStatus, State, CONFIG_RID};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tracing::error;
 use zbus_polkit::policykit1::AuthorityProxy;
@@ -24,6 +25,26 @@ pub struct Registry {
     reload: Mutex<()>,
     /// Who holds each service's caller lock (Service.Lock), see crate::lock.
     holds: crate::lock::Locks,
+    /// Recent statuses, for callers without a stake (crate::status_cache).
+    status_cache: crate::status_cache::StatusCache,
+    /// Services run with their last good config because their file turned
+    /// bad, untrusted or went away while something of them was up here:
+    /// why, per service.
+    kept: StdMutex<HashMap<String, Kept>>,
+}
+
+/// A service kept with its last good config (see `Registry::kept`).
+#[derive(Clone, Debug)]
+pub struct Kept {
+    pub file: String,
+    pub reason: String,
+}
+
+/// What reading the config directory found: the valid, trusted configs,
+/// and why each other file was left out (by service name).
+pub struct DirScan {
+    pub valid: BTreeMap<String, Arc<ServiceConfig>>,
+    pub rejected: HashMap<String, String>,
 }
 
 impl Registry {
@@ -37,6 +58,8 @@ impl Registry {
             locks: StdMutex::new(HashMap::new()),
             reload: Mutex::new(()),
             holds: crate::lock::Locks::default(),
+            status_cache: crate::status_cache::StatusCache::default(),
+            kept: StdMutex::new(HashMap::new()),
         }
     }
 
@@ -59,6 +82,19 @@ impl Registry {
 
     pub fn holds(&self) -> &crate::lock::Locks {
         &self.holds
+    }
+
+    pub fn status_cache(&self) -> &crate::status_cache::StatusCache {
+        &self.status_cache
+    }
+
+    /// The status entry of a service run with its last good config: warn,
+    /// the file, why (see [`ferry_core::status::CONFIG_RID`]).
+    pub fn config_problem(&self, service: &str) -> Option<ResourceStatus> {
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.get(service).map(|k| {
+            ResourceStatus::new(CONFIG_RID, State::Warn, k.file.clone()).with_comment(&k.reason)
+        })
     }
 
     pub fn service(&self, name: &str) -> Result<Arc<ServiceConfig>> {
@@ -94,15 +130,19 @@ impl Registry {
         lock.lock_owned().await
     }
 
-    /// Read every `<svc>.conf` of the directory. Invalid files are logged and
-    /// left out: a broken config must never half-export a service.
-    fn read_dir(&self) -> BTreeMap<String, Arc<ServiceConfig>> {
-        let mut found = BTreeMap::new();
+    /// Read every `<svc>.conf` of the directory. Invalid and untrusted
+    /// files are logged and left out (with the reason): a broken config must
+    /// never half-export a service.
+    pub fn read_dir(&self) -> DirScan {
+        let mut scan = DirScan {
+            valid: BTreeMap::new(),
+            rejected: HashMap::new(),
+        };
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) => {
                 error!("cannot read {}: {e}", self.dir.display());
-                return found;
+                return scan;
             }
         };
         for entry in entries.flatten() {
@@ -112,20 +152,24 @@ impl Registry {
             };
             if let Err(why) = trusted_file(&path) {
                 error!("{}: {why}: service not loaded", path.display());
+                scan.rejected
+                    .insert(name, format!("{}: {why}", path.display()));
                 continue;
             }
             match config::load_service(&path) {
                 Ok(cfg) => {
-                    found.insert(name, Arc::new(cfg));
+                    scan.valid.insert(name, Arc::new(cfg));
                 }
                 Err(errs) => {
+                    let first = errs.0.first().map(|e| e.to_string()).unwrap_or_default();
                     for e in errs.0 {
                         error!("invalid config, service not loaded: {e}");
                     }
+                    scan.rejected.insert(name, first);
                 }
             }
         }
-        found
+        scan
     }
 
     /// Held while the services are replaced and re-exported, so two reloads
@@ -134,21 +178,28 @@ impl Registry {
         self.reload.lock().await
     }
 
-    /// Re-read the directory and put what it holds in place: `(old, new)`.
-    #[allow(clippy::type_complexity)]
+    /// The services loaded now.
+    pub fn services(&self) -> BTreeMap<String, Arc<ServiceConfig>> {
+        self.services.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Put `new` in place, with the services kept on their last good
+    /// config; returns what was in place.
     pub fn swap_services(
         &self,
-    ) -> Result<(
-        BTreeMap<String, Arc<ServiceConfig>>,
-        BTreeMap<String, Arc<ServiceConfig>>,
-    )> {
-        let new = self.read_dir();
+        new: BTreeMap<String, Arc<ServiceConfig>>,
+        kept: HashMap<String, Kept>,
+    ) -> Result<BTreeMap<String, Arc<ServiceConfig>>> {
         let mut services = self
             .services
             .write()
             .map_err(|_| HelperError::failed("registry lock poisoned"))?;
-        let old = std::mem::replace(&mut *services, new.clone());
-        Ok((old, new))
+        // A config that changed or went makes what was cached of it stale.
+        for name in services.keys() {
+            self.status_cache.forget(name);
+        }
+        *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = kept;
+        Ok(std::mem::replace(&mut *services, new))
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use ferry_core::config::ResourceConfig;
+use ferry_core::config::{ResourceConfig, ServiceConfig};
 use ferry_core::status::ResourceStatus;
 use zbus::message::Header;
 use zbus::{interface, Connection};
@@ -12,16 +12,20 @@ use crate::audit::{Outcome, Record};
 use crate::error::Result;
 use crate::registry::Registry;
 
-use ferry_core::dbus::LOCK_ACTION;
+use ferry_core::dbus::{BREAK_LOCK_ACTION, LOCK_ACTION};
 
 pub struct ServiceObject {
     pub reg: Arc<Registry>,
     pub service: String,
 }
 
-/// Every resource's status, in start order.
+/// Every resource's status, in start order, fresh.
 pub async fn resource_statuses(reg: &Registry, service: &str) -> Result<Vec<ResourceStatus>> {
-    let svc = reg.service(service)?;
+    statuses_of(reg, reg.service(service)?).await
+}
+
+/// Every resource's status of this config, in start order, fresh.
+pub async fn statuses_of(reg: &Registry, svc: Arc<ServiceConfig>) -> Result<Vec<ResourceStatus>> {
     let mut out = Vec::with_capacity(svc.resources.len());
     for r in &svc.resources {
         out.push(match &r.config {
@@ -37,9 +41,16 @@ pub async fn resource_statuses(reg: &Registry, service: &str) -> Result<Vec<Reso
 
 #[interface(name = "io.ferry.Helper1.Service")]
 impl ServiceObject {
-    /// Every resource's status, in start order: `a(sssas)` = rid, state, label, comments.
-    async fn status(&self) -> Result<Vec<ResourceStatus>> {
-        resource_statuses(&self.reg, &self.service).await
+    /// Every resource's status, in start order: `a(sssas)` = rid, state,
+    /// label, comments; up to a second old for callers other than root and
+    /// the lock's holder (see crate::status_cache). A service run with its
+    /// last good config, its file now bad, has one more entry: rid `config`.
+    async fn status(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<ResourceStatus>> {
+        crate::status_cache::statuses_for(&self.reg, conn, &header, &self.service).await
     }
 
     /// The config text as installed on this node, and its sha256.
@@ -70,6 +81,48 @@ impl ServiceObject {
                 .log(),
             Err(e) => {
                 Record::new(Some(&who), LOCK_ACTION, service, "", Outcome::Denied)
+                    .error(&e)
+                    .log();
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Take the service's lock like Lock; when another caller still holds
+    /// it after `wait_ms` and is idle, break its lock (audited; its next call
+    /// fails with `LockBroken`). A holder in the middle of an action keeps
+    /// it: `Locked`. For Pacemaker's agent and `ferry stop --break-lock`.
+    async fn break_lock(
+        &self,
+        wait_ms: u32,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<()> {
+        let (reg, service) = (&self.reg, self.service.as_str());
+        let who =
+            crate::auth::identify_and_authorize(reg, conn, &header, BREAK_LOCK_ACTION, service, "")
+                .await?;
+        let wait = std::time::Duration::from_millis(u64::from(wait_ms));
+        match crate::lock::acquire_breaking(reg, conn, service, &who, wait).await {
+            Ok(crate::lock::Taken::Free) => {
+                Record::new(Some(&who), BREAK_LOCK_ACTION, service, "", Outcome::Ok)
+                    .note("the lock was free: nothing broken")
+                    .log()
+            }
+            Ok(crate::lock::Taken::AlreadyMine) => {
+                Record::new(Some(&who), BREAK_LOCK_ACTION, service, "", Outcome::Ok)
+                    .note("already held by this caller")
+                    .log()
+            }
+            Ok(crate::lock::Taken::Broke(h)) => {
+                let note = format!("lock broken: it was held by {}", h.describe());
+                Record::new(Some(&who), BREAK_LOCK_ACTION, service, "", Outcome::Ok)
+                    .note(&note)
+                    .log()
+            }
+            Err(e) => {
+                Record::new(Some(&who), BREAK_LOCK_ACTION, service, "", Outcome::Denied)
                     .error(&e)
                     .log();
                 return Err(e);

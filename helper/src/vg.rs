@@ -68,8 +68,11 @@ async fn vg_state(vg: &str) -> Result<VgState> {
 pub async fn status(node: &str, rid: &str, c: &VgConfig) -> ResourceStatus {
     let st = match vg_state(&c.vgname).await {
         Ok(s) => s,
+        // A failed vgs says nothing of whether the VG is ours and active:
+        // reading that as down would let a start elsewhere go ahead.
         Err(e) => {
-            return ResourceStatus::new(rid, State::Down, &c.vgname).with_comment(e.message())
+            return ResourceStatus::new(rid, State::Warn, &c.vgname)
+                .with_comment(format!("cannot tell: {}", e.message()))
         }
     };
     let ours = st.tags.iter().any(|t| t == node);
@@ -258,11 +261,14 @@ async fn release(node: &str, c: &VgConfig) -> Result<Vec<String>> {
 
 #[interface(name = "io.ferry.Helper1.Vg")]
 impl VgObject {
-    async fn check(&self) -> Result<CheckResult> {
-        let c = config(&self.ctx)?;
-        Ok(status(self.ctx.reg.node(), &self.ctx.rid, &c)
-            .await
-            .into_check())
+    /// This resource's line of the service's status (recent, not fresh, for
+    /// callers without a stake: see crate::status_cache).
+    async fn check(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<CheckResult> {
+        Ok(self.ctx.check(conn, &header).await?.into_check())
     }
 
     /// Drop other nodes' host tags and add this node's.

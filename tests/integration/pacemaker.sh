@@ -213,3 +213,25 @@ run_test "pacemaker: failover after a power loss of node1"       t_p_failover
 echo "--- pacemaker timings:"
 sed 's/^/    /' "$P_STATE/summary" 2>/dev/null || true
 rm -rf "$P_STATE"
+
+# Issue 12 item 6: Pacemaker owns what it manages. `ferry start` and `ferry
+# stop` of the managed service are refused with the cluster's commands as a
+# hint (as relocate is); the service keeps running where Pacemaker put it.
+# (After the failover above, svc runs on node2; node1 was powered off.)
+t_p_start_stop_of_managed_are_refused() {
+  local where
+  where=$(located_on)
+  [ -n "$where" ] || fail "svc is not running anywhere"
+  expect_code 2 root_on "$where" ferry stop busybox
+  contains "managed by Pacemaker as resource 'svc'"
+  contains "crm_resource --move -r svc"
+  contains "crm_resource --ban -r svc"
+  contains "--force"
+  expect_code 0 ocf_monitor "$where"
+  expect_code 2 root_on "$where" ferry start busybox
+  contains "managed by Pacemaker as resource 'svc'"
+  expect_code 0 ocf_monitor "$where"
+  node_has_vip "$where" || fail "the refused stop touched the address"
+  root_on "$where" crm_mon -1 | grep -q "svc.*Started $where" || fail "Pacemaker no longer sees svc started on $where"
+}
+run_test "pacemaker: ferry start/stop of a managed service are refused" t_p_start_stop_of_managed_are_refused

@@ -18,7 +18,7 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use ferry_core::config::{ContainerConfig, ServiceConfig};
-use ferry_core::status::{ResourceStatus, State};
+use ferry_core::status::{ResourceStatus, State, IMAGE_DRIFT};
 use futures_util::StreamExt;
 use tracing::info;
 
@@ -176,12 +176,12 @@ pub fn map_status(
             let label = format!("{}@{run_image}", short(&o.id));
             if o.image_name != run_image {
                 ResourceStatus::new(rid, State::Warn, label).with_comment(format!(
-                    "the container runs image {}, not the configured run_image {run_image}",
+                    "{IMAGE_DRIFT}the container runs image {}, not the configured run_image {run_image}",
                     o.image_name
                 ))
             } else if run_image_id.is_some_and(|id| id != o.image_id) {
                 ResourceStatus::new(rid, State::Warn, label).with_comment(format!(
-                    "{run_image} now names another image than the one the container runs ({})",
+                    "{IMAGE_DRIFT}{run_image} now names another image than the one the container runs ({})",
                     short(o.image_id.trim_start_matches("sha256:"))
                 ))
             } else {
@@ -592,6 +592,8 @@ mod tests {
             Some("sha256:2"),
         );
         assert_eq!(s.state, "warn");
+        // the OCF monitor tells drift (no restart fixes it) from failure by this
+        assert!(s.comments[0].starts_with(IMAGE_DRIFT), "{:?}", s.comments);
 
         let exited = Observation::Found(Observed {
             id: id.into(),

@@ -92,9 +92,14 @@ async fn caller_gone(conn: &Connection, sender: &str) {
 
 #[interface(name = "io.ferry.Helper1.Container")]
 impl ContainerObject {
-    async fn check(&self) -> Result<CheckResult> {
-        let (svc, c) = config(&self.ctx)?;
-        Ok(status(&svc, &self.ctx.rid, &c).await.into_check())
+    /// This resource's line of the service's status (recent, not fresh, for
+    /// callers without a stake: see crate::status_cache).
+    async fn check(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<CheckResult> {
+        Ok(self.ctx.check(conn, &header).await?.into_check())
     }
 
     /// Start the service's private containerd and dockerd (data root on the
