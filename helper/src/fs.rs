@@ -366,7 +366,7 @@ async fn mount(c: &FsConfig) -> Result<Vec<String>> {
 /// Unmount the filesystem until the kernel lets go of it: here, and in
 /// every other mount namespace of this node. Down means no superblock of
 /// the device is left on the node, not merely "not in our mount table".
-async fn unmount(c: &FsConfig) -> Result<Vec<String>> {
+pub(crate) async fn unmount(c: &FsConfig) -> Result<Vec<String>> {
     let mut log = unmount_local(c).await?;
     let Some(dev) = devno(&c.dev) else {
         return Ok(log);
