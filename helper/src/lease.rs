@@ -650,26 +650,24 @@ async fn init(reg: &Registry, svc: &ServiceConfig, c: &LeaseConfig) -> Result<Ve
     if ls != Leader::Empty || res != Leader::Empty {
         let ours = ls == Leader::Lockspace(area.lockspace.clone())
             && res == Leader::Resource(area.lockspace.clone(), LeaseConfig::RESOURCE.into());
-        let held = if ours {
-            match owners(&area).await {
+        if ours {
+            let held = match owners(&area).await {
                 Ok(ids) if ids.is_empty() => " (free now)".to_string(),
                 Ok(ids) => format!(" (held by {})", holder_names(reg, &ids)),
                 Err(_) => String::new(),
-            }
-        } else {
-            String::new()
-        };
+            };
+            return Err(HelperError::Busy(format!(
+                "{} already holds lease {}{held}: refusing to overwrite it. To start over, stop \
+                 the service on every node and clear the area by hand",
+                area.dev,
+                area.label()
+            )));
+        }
         return Err(HelperError::Busy(format!(
             "the lease area {}:{} is not empty: its lockspace part holds {ls}, its lease part \
-             {res}{held}. Refusing to overwrite it{}",
-            area.dev,
-            area.offset,
-            if ours {
-                ": it is this service's lease already. To start over, stop the service on every \
-                 node and clear the area by hand"
-            } else {
-                ": is the area configured for two services, or is the offset wrong?"
-            }
+             {res}. Refusing to overwrite it: is the area configured for two services, or is \
+             the offset wrong?",
+            area.dev, area.offset
         )));
     }
     let a = area.clone();
