@@ -526,6 +526,13 @@ fn is_absolute_clean(p: &str) -> bool {
         && normal.as_os_str() == path.as_os_str()
 }
 
+/// A path sanlock takes as is: no whitespace, ':' or '\\' (its separators
+/// and escape in "LS:RES:path:offset" state strings), no control characters.
+pub fn is_sanlock_path(p: &str) -> bool {
+    !p.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == ':' || c == '\\')
+}
+
 /// True when `inner` is `outer` or below it, compared by path components.
 pub fn path_within(inner: &str, outer: &str) -> bool {
     Path::new(inner).starts_with(Path::new(outer))
@@ -823,6 +830,16 @@ pub fn parse_service(file: &str, text: &str) -> Result<ServiceConfig, ConfigErro
                             &s.name,
                             Some("dev"),
                             format!("'{d}' must be an absolute device path"),
+                        );
+                    } else if !is_sanlock_path(d) {
+                        ck.err(
+                            &s.name,
+                            Some("dev"),
+                            format!(
+                                "'{d}': a lease path must not contain spaces, colons, backslashes \
+                                 or control characters (sanlock lists leases as \
+                                 'lockspace:resource:path:offset' separated by spaces)"
+                            ),
                         );
                     }
                 }
@@ -1367,6 +1384,21 @@ schedule = 03:59-05:59
         assert!(warnings(&c).is_empty());
         let without = parse_service("/x/busybox.conf", SEED).expect("valid");
         assert!(warnings(&without)[0].contains("no [lease#"));
+    }
+
+    #[test]
+    fn lease_paths_sanlock_cannot_take_are_refused_with_file_and_line() {
+        for dev in ["/dev/disk/by-id/a b", "/dev/a:b", "/dev/a\\b", "/dev/a\tb"] {
+            let text = format!("{SEED}\n[lease#1]\ndev = {dev}\n");
+            let line = text.lines().count();
+            let e = errors(&text);
+            let want = format!("/x/svc.conf:{line}: [lease#1] dev: '{dev}': a lease path must not");
+            assert!(e.iter().any(|e| e.starts_with(&want)), "{dev:?}: {e:?}");
+        }
+        assert!(errors(&format!(
+            "{SEED}\n[lease#1]\ndev = /dev/disk/by-id/wwn-0x5-part1\n"
+        ))
+        .is_empty());
     }
 
     #[test]

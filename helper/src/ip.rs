@@ -171,7 +171,7 @@ async fn announce(ctx: &ResCtx) -> Result<Vec<String>> {
     Ok(vec![format!("gratuitous arp for {addr} on {}", c.ipdev)])
 }
 
-async fn remove(ctx: &ResCtx) -> Result<Vec<String>> {
+pub(crate) async fn remove(ctx: &ResCtx) -> Result<Vec<String>> {
     let c = config(ctx)?;
     let addr = resolve(&c.ipname).await?;
     if !device_exists(&c.ipdev) {

@@ -13,6 +13,7 @@
 //! wdmd and a watchdog device (README).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,7 @@ use zbus::{interface, Connection};
 use crate::ctx::ResCtx;
 use crate::error::{HelperError, Result};
 use crate::registry::Registry;
-use crate::sanlock::{self, AcquireFlags, Disk, HostState, Registration, SanlockError};
+use crate::sanlock::{self, AcquireFlags, Disk, HostState, Leader, Registration, SanlockError};
 
 pub struct LeaseObject {
     pub ctx: ResCtx,
@@ -69,25 +70,121 @@ impl Area {
     }
 }
 
-/// The helper's one registration with the sanlock daemon.
-static REGISTRATION: Mutex<Option<Arc<Registration>>> = Mutex::new(None);
+/// The helper's one registration with the sanlock daemon, numbered: a
+/// lease held through registration n is held only while n is current (a
+/// daemon restart closes it, and what it held is then nobody's here).
+static REGISTRATION: Mutex<Option<(u64, Arc<Registration>)>> = Mutex::new(None);
+static REGISTRATIONS: AtomicU64 = AtomicU64::new(0);
 
-fn registration() -> std::result::Result<Arc<Registration>, SanlockError> {
+pub(crate) fn current_registration() -> Option<(u64, Arc<Registration>)> {
+    REGISTRATION
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
+fn registration_with_id() -> std::result::Result<(u64, Arc<Registration>), SanlockError> {
     let mut slot = REGISTRATION.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(r) = slot.as_ref() {
         return Ok(r.clone());
     }
     let r = Arc::new(sanlock::register()?);
-    *slot = Some(r.clone());
-    Ok(r)
+    let id = REGISTRATIONS.fetch_add(1, Ordering::Relaxed) + 1;
+    *slot = Some((id, r.clone()));
+    Ok((id, r))
+}
+
+fn registration() -> std::result::Result<Arc<Registration>, SanlockError> {
+    registration_with_id().map(|(_, r)| r)
 }
 
 /// A connection error means the daemon went away: the next call registers
 /// anew (what the old registration held is then an orphan, or gone).
 fn forget_registration_on(e: &SanlockError) {
     if e.is_connection_lost() {
-        *REGISTRATION.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        forget_registration();
     }
+}
+
+pub(crate) fn forget_registration() {
+    *REGISTRATION.lock().unwrap_or_else(|p| p.into_inner()) = None;
+}
+
+/// A lease this helper holds, by lockspace name.
+#[derive(Clone, Debug)]
+pub(crate) struct Held {
+    pub service: String,
+    pub rid: String,
+    /// The registration it is held through.
+    pub registration: u64,
+    pub io_timeout: u32,
+}
+
+/// What this helper holds, kept here rather than asked of the daemon: a
+/// node-wide `sanlock_inquire` lists every service's leases in one string,
+/// and one odd resource in it (a path with a space) made it fail (-81) for
+/// every service. Each service's answer now depends on its own lease only.
+static HELD: Mutex<BTreeMap<String, Held>> = Mutex::new(BTreeMap::new());
+
+fn held_map() -> std::sync::MutexGuard<'static, BTreeMap<String, Held>> {
+    HELD.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn set_held(area: &Area, service: &str, rid: &str, registration: u64) {
+    held_map().insert(
+        area.lockspace.clone(),
+        Held {
+            service: service.to_string(),
+            rid: rid.to_string(),
+            registration,
+            io_timeout: area.io_timeout,
+        },
+    );
+}
+
+pub(crate) fn forget_held(lockspace: &str) {
+    held_map().remove(lockspace);
+}
+
+/// Every lease held here now, by lockspace.
+pub(crate) fn held_leases() -> Vec<(String, Held)> {
+    held_map()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// How the last loss of a service's lease ended here, for its status.
+#[derive(Clone, Debug)]
+pub(crate) enum Loss {
+    /// The storage was let go (or re-adopted): said once, as a comment.
+    Handled(String),
+    /// Something could not be let go: the status says `warn` with this.
+    NotLetGo(String),
+}
+
+static LOSSES: Mutex<BTreeMap<String, Loss>> = Mutex::new(BTreeMap::new());
+
+pub(crate) fn set_loss(service: &str, l: Loss) {
+    LOSSES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(service.to_string(), l);
+}
+
+fn clear_loss(service: &str) {
+    LOSSES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(service);
+}
+
+fn loss_of(service: &str) -> Option<Loss> {
+    LOSSES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(service)
+        .cloned()
 }
 
 #[derive(Clone, Debug)]
@@ -144,12 +241,14 @@ fn lease_of(svc: &ServiceConfig) -> Option<(&str, &LeaseConfig)> {
 /// at 10), off the caller's path; then re-adopt a lease this node's previous
 /// helper left orphaned.
 pub fn join_in_background(reg: &Arc<Registry>, svc: &ServiceConfig) {
-    let Some((_, c)) = lease_of(svc) else {
+    let Some((rid, c)) = lease_of(svc) else {
         return;
     };
+    crate::leasewatch::ensure_started(reg);
     let area = Area::new(&svc.name, c);
     let reg = reg.clone();
     let service = svc.name.clone();
+    let rid = rid.to_string();
     tokio::spawn(async move {
         // The area may not be initialized yet (`ferry lease init`), or the
         // daemon not up: keep trying, quietly after the first report, as
@@ -170,7 +269,7 @@ pub fn join_in_background(reg: &Arc<Registry>, svc: &ServiceConfig) {
                 return;
             }
         }
-        match readopt(&reg, &area).await {
+        match readopt(&reg, &area, &service, &rid).await {
             Ok(true) => {
                 info!(service = %service, lockspace = %area.lockspace, "re-adopted this node's orphaned lease")
             }
@@ -243,16 +342,16 @@ async fn ensure_joined(reg: &Registry, area: &Area) -> Result<()> {
 /// acquire also takes a *free* lease, so the disk must first show this
 /// host as an owner: a helper that starts must not grab the leases of
 /// services that run nowhere.
-async fn readopt(reg: &Registry, area: &Area) -> Result<bool> {
+async fn readopt(reg: &Registry, area: &Area, service: &str, rid: &str) -> Result<bool> {
     let Some(me) = reg.node_conf().host_id else {
         return Ok(false);
     };
-    if !owners(area).await?.contains(&me) || held_by_us(area).await? {
+    if !owners(area).await?.contains(&me) || held_by_us(area) {
         return Ok(false);
     }
     let a = area.clone();
     let r = blocking(move || {
-        let reg = registration()?;
+        let (id, reg) = registration_with_id()?;
         reg.acquire(
             &a.lockspace,
             LeaseConfig::RESOURCE,
@@ -263,30 +362,32 @@ async fn readopt(reg: &Registry, area: &Area) -> Result<bool> {
                 owner_nowait: true,
             },
         )
+        .map(|()| id)
     })
     .await?;
-    r.map(|()| true).map_err(|e| {
-        forget_registration_on(&e);
-        HelperError::failed(format!("cannot re-adopt lease {}: {e}", area.label()))
-    })
-}
-
-/// Does this helper hold the lease now?
-async fn held_by_us(area: &Area) -> Result<bool> {
-    let a = area.clone();
-    let held = blocking(move || registration()?.held()).await?;
-    match held {
-        Ok(list) => Ok(list
-            .iter()
-            .any(|(ls, res)| *ls == a.lockspace && res == LeaseConfig::RESOURCE)),
+    match r {
+        Ok(id) => {
+            set_held(area, service, rid, id);
+            Ok(true)
+        }
         Err(e) => {
             forget_registration_on(&e);
             Err(HelperError::failed(format!(
-                "sanlock daemon of {}: {e}",
-                area.lockspace
+                "cannot re-adopt lease {}: {e}",
+                area.label()
             )))
         }
     }
+}
+
+/// Does this helper hold the lease now? From what it acquired, through a
+/// registration that is still the current one and still open: never a
+/// node-wide inquire, which one odd resource of another service can fail.
+fn held_by_us(area: &Area) -> bool {
+    let Some(held) = held_map().get(&area.lockspace).map(|h| h.registration) else {
+        return false;
+    };
+    matches!(current_registration(), Some((id, r)) if id == held && !r.connection_closed())
 }
 
 /// The hosts holding the lease (empty: free), read from the disk.
@@ -315,7 +416,7 @@ pub async fn held_here(svc: &ServiceConfig) -> Result<Option<(String, bool)>> {
     let Some((rid, c)) = lease_of(svc) else {
         return Ok(None);
     };
-    let held = held_by_us(&Area::new(&svc.name, c)).await?;
+    let held = held_by_us(&Area::new(&svc.name, c));
     Ok(Some((rid.to_string(), held)))
 }
 
@@ -375,9 +476,16 @@ pub async fn status(
         Some(Join::Failed(e)) => comments.push(format!("lockspace not joined: {e}")),
         _ => {}
     }
-    let s = match held_by_us(&area).await {
-        Ok(true) => ResourceStatus::new(rid, State::Up, &label),
-        Ok(false) => match owners(&area).await {
+    match loss_of(&svc.name) {
+        Some(Loss::NotLetGo(why)) => {
+            return ResourceStatus::new(rid, State::Warn, &label).with_comment(why)
+        }
+        Some(Loss::Handled(what)) => comments.push(what),
+        None => {}
+    }
+    let s = match held_by_us(&area) {
+        true => ResourceStatus::new(rid, State::Up, &label),
+        false => match owners(&area).await {
             Ok(ids) if ids.is_empty() => ResourceStatus::new(rid, State::Down, &label),
             Ok(ids) => {
                 let mine = reg.node_conf().host_id.is_some_and(|h| ids.contains(&h));
@@ -410,7 +518,6 @@ pub async fn status(
             }
             Err(e) => ResourceStatus::new(rid, State::Warn, &label).with_comment(e.message()),
         },
-        Err(e) => ResourceStatus::new(rid, State::Warn, &label).with_comment(e.message()),
     };
     comments.into_iter().fold(s, |s, c| s.with_comment(c))
 }
@@ -418,13 +525,15 @@ pub async fn status(
 async fn acquire(reg: &Registry, svc: &ServiceConfig, c: &LeaseConfig) -> Result<Vec<String>> {
     let area = Area::new(&svc.name, c);
     host_id(reg)?;
+    let rid = lease_of(svc).map_or("lease", |(r, _)| r);
     ensure_joined(reg, &area).await?;
-    if held_by_us(&area).await? {
+    if held_by_us(&area) {
         return Ok(vec![format!("lease {} is already held here", area.label())]);
     }
     let a = area.clone();
     let taken = blocking(move || {
-        registration()?.acquire(
+        let (id, r) = registration_with_id()?;
+        r.acquire(
             &a.lockspace,
             LeaseConfig::RESOURCE,
             &a.resource_disk(),
@@ -435,14 +544,20 @@ async fn acquire(reg: &Registry, svc: &ServiceConfig, c: &LeaseConfig) -> Result
                 owner_nowait: true,
             },
         )
+        .map(|()| id)
     })
     .await?;
     let e = match taken {
-        Ok(()) => return Ok(vec![format!("acquire lease {}", area.label())]),
+        Ok(id) => {
+            set_held(&area, &svc.name, rid, id);
+            clear_loss(&svc.name);
+            return Ok(vec![format!("acquire lease {}", area.label())]);
+        }
         Err(e) => e,
     };
     forget_registration_on(&e);
-    if e.is_orphan_here() && readopt(reg, &area).await? {
+    if e.is_orphan_here() && readopt(reg, &area, &svc.name, rid).await? {
+        clear_loss(&svc.name);
         return Ok(vec![format!(
             "re-adopt this node's orphaned lease {}",
             area.label()
@@ -477,7 +592,8 @@ async fn acquire(reg: &Registry, svc: &ServiceConfig, c: &LeaseConfig) -> Result
 async fn release(reg: &Registry, svc: &ServiceConfig, c: &LeaseConfig) -> Result<Vec<String>> {
     let area = Area::new(&svc.name, c);
     let a = area.clone();
-    if held_by_us(&area).await? {
+    clear_loss(&svc.name);
+    if held_by_us(&area) {
         blocking(move || {
             registration()?.release(&a.lockspace, LeaseConfig::RESOURCE, &a.resource_disk())
         })
@@ -486,8 +602,10 @@ async fn release(reg: &Registry, svc: &ServiceConfig, c: &LeaseConfig) -> Result
             forget_registration_on(&e);
             HelperError::failed(format!("cannot release lease {}: {e}", area.label()))
         })?;
+        forget_held(&area.lockspace);
         return Ok(vec![format!("release lease {}", area.label())]);
     }
+    forget_held(&area.lockspace);
     let ids = owners(&area).await?;
     if reg.node_conf().host_id.is_some_and(|h| ids.contains(&h)) {
         blocking(move || {
@@ -508,21 +626,48 @@ async fn release(reg: &Registry, svc: &ServiceConfig, c: &LeaseConfig) -> Result
     Ok(vec![format!("lease {} is not held here", area.label())])
 }
 
-/// Write a fresh lease area. Refused where the area already holds this
-/// service's lease: rewriting it under a holder would void its lease.
+/// Write a fresh lease area, only where both its parts read as never
+/// initialised (zeros), straight from the disk. Anything else is refused
+/// with what was found: another service's lockspace or lease (the area is
+/// shared by mistake, and rewriting it would void that service's lease on
+/// a live holder), this service's own (already done), another magic, or an
+/// I/O error. Starting over is a deliberate act: clear the area by hand
+/// once the service is stopped everywhere.
 async fn init(reg: &Registry, svc: &ServiceConfig, c: &LeaseConfig) -> Result<Vec<String>> {
     let area = Area::new(&svc.name, c);
-    if let Ok(ids) = owners(&area).await {
-        let held = if ids.is_empty() {
-            "free now".to_string()
-        } else {
-            format!("held by {}", holder_names(reg, &ids))
-        };
+    let a = area.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        sanlock::read_area(&a.dev, a.offset, ferry_core::config::LEASE_PART_BYTES)
+    })
+    .await
+    .map_err(|e| HelperError::failed(format!("reading {}: {e}", area.dev)))?;
+    let (ls, res) = read.map_err(|e| {
+        HelperError::Busy(format!(
+            "cannot read the lease area {}:{} ({e}): refusing to write it",
+            area.dev, area.offset
+        ))
+    })?;
+    if ls != Leader::Empty || res != Leader::Empty {
+        let ours = ls == Leader::Lockspace(area.lockspace.clone())
+            && res == Leader::Resource(area.lockspace.clone(), LeaseConfig::RESOURCE.into());
+        if ours {
+            let held = match owners(&area).await {
+                Ok(ids) if ids.is_empty() => " (free now)".to_string(),
+                Ok(ids) => format!(" (held by {})", holder_names(reg, &ids)),
+                Err(_) => String::new(),
+            };
+            return Err(HelperError::Busy(format!(
+                "{} already holds lease {}{held}: refusing to overwrite it. To start over, stop \
+                 the service on every node and clear the area by hand",
+                area.dev,
+                area.label()
+            )));
+        }
         return Err(HelperError::Busy(format!(
-            "{} already holds lease {} ({held}): refusing to overwrite it. To start over, stop the \
-             service on every node and clear the area by hand",
-            area.dev,
-            area.label()
+            "the lease area {}:{} is not empty: its lockspace part holds {ls}, its lease part \
+             {res}. Refusing to overwrite it: is the area configured for two services, or is \
+             the offset wrong?",
+            area.dev, area.offset
         )));
     }
     let a = area.clone();
@@ -550,6 +695,46 @@ async fn init(reg: &Registry, svc: &ServiceConfig, c: &LeaseConfig) -> Result<Ve
         Join::Failed("not joined since init".into()),
     );
     Ok(log)
+}
+
+/// For the lease watch: the service's lease area and config.
+fn service_lease(reg: &Registry, service: &str) -> Result<(Arc<ServiceConfig>, LeaseConfig)> {
+    let svc = reg.service(service)?;
+    let c = lease_of(&svc)
+        .map(|(_, c)| c.clone())
+        .ok_or_else(|| HelperError::failed(format!("service '{service}' has no lease any more")))?;
+    Ok((svc, c))
+}
+
+/// After the daemon connection was lost: register with the (new) daemon
+/// and join the lockspace again. Slow when the daemon came back under
+/// another host name (it must wait out its old delta lease): the caller
+/// bounds it.
+pub(crate) async fn rejoin(reg: &Registry, service: &str) -> Result<()> {
+    let (svc, c) = service_lease(reg, service)?;
+    blocking(|| registration().map(|_| ()))
+        .await?
+        .map_err(|e| HelperError::failed(format!("cannot register with sanlock: {e}")))?;
+    ensure_joined(reg, &Area::new(&svc.name, &c)).await
+}
+
+/// Take the lease again through the new registration: what the disk says
+/// is this host's (an older generation of it) comes back at once; a lease
+/// another host took meanwhile is refused.
+pub(crate) async fn reacquire(reg: &Registry, service: &str) -> Result<Vec<String>> {
+    let (svc, c) = service_lease(reg, service)?;
+    acquire(reg, &svc, &c).await
+}
+
+/// Give the lease back after the storage was let go: through the
+/// registration that holds it, or as this host's orphan. Either also tells
+/// the daemon the helper no longer uses the failed lockspace, so it stops
+/// signalling.
+pub(crate) async fn release_after_loss(reg: &Registry, service: &str) -> Result<Vec<String>> {
+    let (svc, c) = service_lease(reg, service)?;
+    let r = release(reg, &svc, &c).await;
+    forget_held(&LeaseConfig::lockspace(service));
+    r
 }
 
 fn config(ctx: &ResCtx) -> Result<(Arc<ServiceConfig>, LeaseConfig)> {

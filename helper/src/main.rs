@@ -18,6 +18,7 @@ mod guard;
 mod ip;
 mod journal;
 mod lease;
+mod leasewatch;
 mod lock;
 mod manager;
 mod registry;
@@ -104,9 +105,20 @@ async fn run() -> Result<(), String> {
 
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: exiting; service daemons keep running"),
-        _ = int.recv() => info!("SIGINT: exiting; service daemons keep running"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                // sanlock sends SIGTERM (SIGKILL is restricted) when a lease
+                // is lost: the helper must stay to let go of the storage.
+                if leasewatch::on_sigterm().await {
+                    info!("SIGTERM while a lease is lost here: staying to let go of the storage");
+                    continue;
+                }
+                info!("SIGTERM: exiting; service daemons keep running");
+            }
+            _ = int.recv() => info!("SIGINT: exiting; service daemons keep running"),
+        }
+        break;
     }
     Ok(())
 }

@@ -9,7 +9,7 @@
 //! (`/run/sanlock/sanlock.sock`, or `$SANLOCK_RUN_DIR`); none touches the disk
 //! directly.
 
-use std::ffi::{c_char, c_int, CStr};
+use std::ffi::{c_char, c_int};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -22,6 +22,19 @@ const SANLK_NAME_LEN: usize = 48;
 const SANLK_PATH_LEN: usize = 1024;
 
 const SANLK_RES_PERSISTENT: u32 = 0x8;
+// Alignment and sector size of a lease (sanlock.h). Passed explicitly: left
+// out, sanlock guesses from the device, and a 4Kn device gets 8 MiB
+// alignment, which would overlap the next part of ferry's 1 MiB layout.
+const SANLK_RES_ALIGN1M: u32 = 0x10;
+const SANLK_RES_SECTOR512: u32 = 0x100;
+const SANLK_RES_SECTOR4K: u32 = 0x200;
+const SANLK_LSF_ALIGN1M: u32 = 0x10;
+const SANLK_LSF_SECTOR512: u32 = 0x100;
+const SANLK_LSF_SECTOR4K: u32 = 0x200;
+// sanlock_resource.h: have the daemon send SIGTERM where it would SIGKILL.
+const SANLK_RESTRICT_SIGKILL: u32 = 0x2;
+// sanlock_admin.h set_config commands.
+const SANLK_CONFIG_USED_BY_ORPHANS: u32 = 0x4;
 const SANLK_ACQUIRE_ORPHAN: u32 = 0x2;
 const SANLK_ACQUIRE_OWNER_NOWAIT: u32 = 0x8;
 const SANLK_REL_ORPHAN: u32 = 0x4;
@@ -121,12 +134,12 @@ extern "C" {
         res_count: c_int,
         res_args: *mut *mut SanlkResource,
     ) -> c_int;
-    fn sanlock_inquire(
-        sock: c_int,
-        pid: c_int,
+    fn sanlock_restrict(sock: c_int, flags: u32) -> c_int;
+    fn sanlock_set_config(
+        ls_name: *const c_char,
         flags: u32,
-        res_count: *mut c_int,
-        res_state: *mut *mut c_char,
+        cmd: u32,
+        data: *mut std::ffi::c_void,
     ) -> c_int;
     fn sanlock_add_lockspace_timeout(ls: *mut SanlkLockspace, flags: u32, io_timeout: u32)
         -> c_int;
@@ -330,8 +343,61 @@ fn zeroed_disk() -> SanlkDisk {
     }
 }
 
+/// Can `path` go into sanlock's requests and its state strings as is?
+/// sanlock writes resources as "LS:RES:path:offset" separated by spaces;
+/// a path with a space, a colon, a backslash or a control character made
+/// every inquire on the node fail (-81) once it was held. `ferry validate`
+/// refuses these too (core's config); this is the last line.
+pub fn path_is_plain(path: &str) -> bool {
+    !path.is_empty()
+        && path.starts_with('/')
+        && !path
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ':' || c == '\\')
+}
+
+/// The `SANLK_RES_*` and `SANLK_LSF_*` align/sector flags for a lease on a
+/// device with this logical sector size. ferry's layout is 1 MiB per part
+/// on every device: ALIGN1M with 512-byte sectors (2000 hosts) or with 4K
+/// sectors (250 hosts).
+pub fn layout_flags(sector_size: u32) -> (u32, u32) {
+    if sector_size == 4096 {
+        (
+            SANLK_RES_ALIGN1M | SANLK_RES_SECTOR4K,
+            SANLK_LSF_ALIGN1M | SANLK_LSF_SECTOR4K,
+        )
+    } else {
+        (
+            SANLK_RES_ALIGN1M | SANLK_RES_SECTOR512,
+            SANLK_LSF_ALIGN1M | SANLK_LSF_SECTOR512,
+        )
+    }
+}
+
+/// The logical sector size of the device at `path` (BLKSSZGET); 512 for a
+/// plain file or when it cannot be read (sanlock then fails the I/O itself).
+pub fn sector_size(path: &str) -> u32 {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(f) = std::fs::File::open(path) else {
+        return 512;
+    };
+    if !f.metadata().is_ok_and(|m| m.file_type().is_block_device()) {
+        return 512;
+    }
+    let mut size: c_int = 0;
+    // BLKSSZGET = _IO(0x12, 104): the logical block size, as an int.
+    const BLKSSZGET: libc::c_ulong = 0x1268;
+    // SAFETY: a valid fd and a pointer to an int, as the ioctl expects.
+    let rv = unsafe { libc::ioctl(f.as_raw_fd(), BLKSSZGET, &mut size) };
+    if rv == 0 && size == 4096 {
+        4096
+    } else {
+        512
+    }
+}
+
 fn make_disk(op: &'static str, disk: &Disk) -> Result<SanlkDisk> {
-    if disk.path.is_empty() {
+    if !path_is_plain(disk.path) {
         return Err(SanlockError::new(op, -libc::EINVAL));
     }
     let mut d = zeroed_disk();
@@ -354,7 +420,7 @@ fn make_resource(
             data64: 0,
             data32: 0,
             unused: 0,
-            flags: 0,
+            flags: layout_flags(sector_size(disk.path)).0,
             num_disks: 1,
         },
         disk: make_disk(op, disk)?,
@@ -373,7 +439,7 @@ fn make_lockspace(
     let mut ls = SanlkLockspace {
         name: [0; SANLK_NAME_LEN],
         host_id,
-        flags: 0,
+        flags: layout_flags(sector_size(disk.path)).1,
         host_id_disk: make_disk(op, disk)?,
     };
     name(op, &mut ls.name, lockspace)?;
@@ -508,6 +574,17 @@ pub fn register() -> Result<Registration> {
                 .unwrap_or(libc::EIO),
         ));
     }
+    // When this host loses a lockspace (its lease disk fails, the area is
+    // overwritten, `sanlock client rem_lockspace`), the daemon kills the
+    // processes holding leases in it: SIGKILL at once on a removal, after
+    // a grace period otherwise. A SIGKILLed helper would leave the mounts
+    // live; restricted, the daemon sends SIGTERM instead (repeatedly, once
+    // a second), which the helper takes as "check your leases now" and
+    // answers by letting go of that service's storage (leasewatch.rs).
+    // SAFETY: a registered socket we own.
+    check(OP, unsafe {
+        sanlock_restrict(fd.as_raw_fd(), SANLK_RESTRICT_SIGKILL)
+    })?;
     Ok(Registration {
         fd,
         lock: Mutex::new(()),
@@ -588,63 +665,77 @@ impl Registration {
         Ok(())
     }
 
-    /// The (lockspace, resource) names of the leases this registration holds.
-    pub fn held(&self) -> Result<Vec<(String, String)>> {
-        const OP: &str = "inquire";
-        let mut count: c_int = 0;
-        let mut state: *mut c_char = std::ptr::null_mut();
-        let rv = {
-            let _turn = self.turn();
-            // SAFETY: out-pointers are valid; the library mallocs *state.
-            unsafe { sanlock_inquire(self.fd.as_raw_fd(), -1, 0, &mut count, &mut state) }
+    /// Has the daemon closed this registration (it died or restarted)?
+    /// The daemon never writes to a registered socket unasked, so between
+    /// calls it is readable only once it is closed: EOF or a hangup.
+    pub fn connection_closed(&self) -> bool {
+        let _turn = self.turn();
+        let mut p = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLRDHUP,
+            revents: 0,
         };
-        let text = if state.is_null() {
-            String::new()
-        } else {
-            // SAFETY: the library returns a NUL-terminated malloc'd string,
-            // ours to free.
-            let s = unsafe { CStr::from_ptr(state) }
-                .to_string_lossy()
-                .into_owned();
-            unsafe { libc::free(state.cast()) };
-            s
-        };
-        check(OP, rv)?;
-        Ok(parse_state(&text))
+        // SAFETY: one valid pollfd; timeout 0 never blocks.
+        let rv = unsafe { libc::poll(&mut p, 1, 0) };
+        rv < 0 || (rv > 0 && p.revents != 0)
     }
 }
 
-/// Parse sanlock's resource state string: resources separated by spaces,
-/// each "LS:RES:path:offset[:path:offset...]:lver", where a path's own
-/// colons and spaces are backslash-escaped (names have neither).
-fn parse_state(s: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut escaped = false;
-    let mut push = |item: &str| {
-        let mut it = item.splitn(3, ':');
-        if let (Some(ls), Some(res)) = (it.next(), it.next()) {
-            if !ls.is_empty() && !res.is_empty() {
-                out.push((ls.to_string(), res.to_string()));
-            }
-        }
+/// Is this node's membership of the lockspace failing or gone? `Ok(None)`:
+/// joined and renewing. `Ok(Some(why))`: the daemon has stopped renewing it
+/// (8 x io_timeout of failed renewals: I/O errors, the area overwritten) or
+/// is removing it (`rem_lockspace`), or does not have it at all.
+///
+/// sanlock has no read-only query for this: `inq_lockspace` still answers 0
+/// while a failed lockspace waits for its processes to die. The set_config
+/// command USED_BY_ORPHANS answers -ENOSPC exactly when the daemon has
+/// marked the lockspace dead, and otherwise sets a flag ferry wants anyway:
+/// the lockspace is not removed while it has orphaned leases (a helper
+/// that died leaves its mounts, and so its leases, in place).
+pub fn lockspace_failed(lockspace: &str) -> Result<Option<&'static str>> {
+    const OP: &str = "set config";
+    let mut ls_name = [0 as c_char; SANLK_NAME_LEN];
+    name(OP, &mut ls_name, lockspace)?;
+    // SAFETY: a NUL-terminated name; this command takes no data.
+    let rv = unsafe {
+        sanlock_set_config(
+            ls_name.as_ptr(),
+            0,
+            SANLK_CONFIG_USED_BY_ORPHANS,
+            std::ptr::null_mut(),
+        )
     };
-    for ch in s.chars() {
-        if escaped {
-            cur.push(ch);
-            escaped = false;
-        } else if ch == '\\' {
-            cur.push(ch);
-            escaped = true;
-        } else if ch == ' ' {
-            push(&cur);
-            cur.clear();
-        } else {
-            cur.push(ch);
-        }
+    match rv {
+        0 => Ok(None),
+        _ if rv == -libc::ENOSPC => Ok(Some(
+            "the sanlock daemon declared the lockspace dead (renewals failed, or it is being removed)",
+        )),
+        _ if rv == -libc::ENOENT => Ok(Some("the sanlock daemon no longer has the lockspace")),
+        _ => Err(SanlockError::new(OP, rv)),
     }
-    push(&cur);
-    out
+}
+
+/// The timestamp of this host's own delta lease, as the daemon last read
+/// it back (it reads the lockspace after each renewal, every 2 x
+/// io_timeout). A timestamp that stops moving means renewals fail.
+/// `Ok(None)`: the daemon has no host data yet (just joined).
+pub fn own_timestamp(lockspace: &str, host_id: u64) -> Result<Option<u64>> {
+    const OP: &str = "get hosts";
+    let mut ls_name = [0 as c_char; SANLK_NAME_LEN];
+    name(OP, &mut ls_name, lockspace)?;
+    let mut hss: *mut SanlkHost = std::ptr::null_mut();
+    let mut n: c_int = 0;
+    // SAFETY: as in owner_states, for one host_id.
+    let rv = unsafe { sanlock_get_hosts(ls_name.as_ptr(), host_id, &mut hss, &mut n, 0) };
+    let hosts = take_hosts(hss, n);
+    if rv == -libc::EAGAIN {
+        return Ok(None);
+    }
+    check(OP, rv)?;
+    Ok(hosts
+        .iter()
+        .find(|h| h.host_id == host_id)
+        .map(|h| h.timestamp))
 }
 
 /// The host ids that own the resource lease now, read from disk by the
@@ -794,9 +885,100 @@ pub fn release_orphan(lockspace: &str, resource: &str, disk: &Disk) -> Result<()
     Ok(())
 }
 
+// ------------------------------------------------------- reading an area
+
+const DELTA_DISK_MAGIC: u32 = 0x1221_2010;
+const PAXOS_DISK_MAGIC: u32 = 0x0615_2010;
+
+/// What one part (1 MiB) of a lease area holds, read from the disk itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leader {
+    /// Only zeros: never initialised.
+    Empty,
+    /// A lockspace (delta leases) named so.
+    Lockspace(String),
+    /// A resource lease: (lockspace, resource).
+    Resource(String, String),
+    /// Something else: another magic, or data after a zero magic.
+    Other(u32),
+}
+
+impl std::fmt::Display for Leader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Leader::Empty => write!(f, "never initialised (zeros)"),
+            Leader::Lockspace(n) => write!(f, "sanlock lockspace '{n}'"),
+            Leader::Resource(ls, r) => write!(f, "sanlock resource lease '{ls}:{r}'"),
+            Leader::Other(0) => write!(f, "data that is not a sanlock lease"),
+            Leader::Other(m) => write!(f, "data with magic {m:#010x}, not a sanlock lease"),
+        }
+    }
+}
+
+fn c_name(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// Read a part's bytes as a sanlock leader record (leader.h: magic at 0,
+/// space_name at 56, resource_name at 104, both 48 bytes, little-endian).
+fn classify_leader(part: &[u8]) -> Leader {
+    if part.iter().all(|&b| b == 0) {
+        return Leader::Empty;
+    }
+    let magic = part
+        .get(..4)
+        .and_then(|m| <[u8; 4]>::try_from(m).ok())
+        .map(u32::from_le_bytes)
+        .unwrap_or(0);
+    match (magic, part.get(56..104), part.get(104..152)) {
+        (DELTA_DISK_MAGIC, Some(ls), _) => Leader::Lockspace(c_name(ls)),
+        (PAXOS_DISK_MAGIC, Some(ls), Some(r)) => Leader::Resource(c_name(ls), c_name(r)),
+        _ => Leader::Other(magic),
+    }
+}
+
+/// Read `len` bytes at `offset` of `path` with O_DIRECT, as sanlock does:
+/// each node has its own cache of a shared disk, a buffered read could
+/// show what another node overwrote long ago.
+fn read_direct(path: &str, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    const ALIGN: usize = 4096;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)?;
+    let layout = std::alloc::Layout::from_size_align(len.max(ALIGN), ALIGN)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: a non-zero size; freed below with the same layout.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    if ptr.is_null() {
+        return Err(std::io::Error::from(std::io::ErrorKind::OutOfMemory));
+    }
+    // SAFETY: ptr is valid for layout.size() bytes until dealloc.
+    let buf = unsafe { std::slice::from_raw_parts_mut(ptr, layout.size()) };
+    let r = f
+        .read_exact_at(&mut buf[..len], offset)
+        .map(|()| buf[..len].to_vec());
+    // SAFETY: allocated above with this layout, no reference outlives this.
+    unsafe { std::alloc::dealloc(ptr, layout) };
+    r
+}
+
+/// What the two parts of a lease area (lockspace at `offset`, resource
+/// 1 MiB after) hold, read from the disk directly, without the daemon.
+pub fn read_area(path: &str, offset: u64, part_len: u64) -> std::io::Result<(Leader, Leader)> {
+    let len = usize::try_from(part_len)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let ls = read_direct(path, offset, len)?;
+    let res = read_direct(path, offset + part_len, len)?;
+    Ok((classify_leader(&ls), classify_leader(&res)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::CStr;
     use std::mem::{align_of, offset_of, size_of};
 
     /// Sizes and offsets from sanlock.h (x86_64), so a typo in the Rust
@@ -864,16 +1046,61 @@ mod tests {
     }
 
     #[test]
-    fn state_string_parses() {
-        assert_eq!(parse_state(""), vec![]);
+    fn layout_flags_are_explicit() {
+        // 512-byte sectors: ALIGN1M|SECTOR512 (0x10|0x100), 4Kn: ALIGN1M|SECTOR4K.
+        assert_eq!(layout_flags(512), (0x110, 0x110));
+        assert_eq!(layout_flags(4096), (0x210, 0x210));
+        // Both an ALIGN and a SECTOR flag, as sanlock requires, never 8M.
+        for size in [512, 4096, 0, 1024] {
+            let (res, lsf) = layout_flags(size);
+            assert_eq!(res & 0xf0, SANLK_RES_ALIGN1M);
+            assert_eq!(lsf & 0xf0, SANLK_LSF_ALIGN1M);
+            assert_ne!(res & 0x300, 0);
+        }
+        let disk = Disk {
+            path: "/nonexistent/lease",
+            offset: 0,
+        };
+        let r = make_resource("t", "ls", "r", &disk).expect("a valid resource");
+        assert_eq!(r.res.flags, SANLK_RES_ALIGN1M | SANLK_RES_SECTOR512);
+        let ls = make_lockspace("t", "ls", 1, &disk).expect("a valid lockspace");
+        assert_eq!(ls.flags, SANLK_LSF_ALIGN1M | SANLK_LSF_SECTOR512);
+    }
+
+    #[test]
+    fn odd_paths_never_reach_sanlock() {
+        for bad in ["", "relative", "/a b", "/a:b", "/a\\b", "/a\tb", "/a\nb"] {
+            assert!(!path_is_plain(bad), "{bad:?}");
+            let d = Disk {
+                path: bad,
+                offset: 0,
+            };
+            assert!(make_resource("t", "ls", "r", &d).is_err(), "{bad:?}");
+        }
+        assert!(path_is_plain("/run/ferry-lab/disks/lease0"));
+        assert!(path_is_plain(
+            "/dev/disk/by-id/wwn-0x5000c500a1b2c3d4-part1"
+        ));
+    }
+
+    #[test]
+    fn areas_are_classified() {
+        let mut buf = vec![0u8; 4096];
+        assert_eq!(classify_leader(&buf), Leader::Empty);
+        buf[..4].copy_from_slice(&0x1221_2010u32.to_le_bytes());
+        buf[56..61].copy_from_slice(b"other");
+        assert_eq!(classify_leader(&buf), Leader::Lockspace("other".into()));
+        buf[..4].copy_from_slice(&0x0615_2010u32.to_le_bytes());
+        buf[104..111].copy_from_slice(b"service");
         assert_eq!(
-            parse_state("ferry:svc:/dev/loop3:1048576:5"),
-            vec![("ferry".into(), "svc".into())]
+            classify_leader(&buf),
+            Leader::Resource("other".into(), "service".into())
         );
-        assert_eq!(
-            parse_state("a:r1:/x\\ y\\:z:0:1 b:r2:/d:2097152:3"),
-            vec![("a".into(), "r1".into()), ("b".into(), "r2".into())]
-        );
+        buf[..4].copy_from_slice(&0xdead_beefu32.to_le_bytes());
+        assert_eq!(classify_leader(&buf), Leader::Other(0xdead_beef));
+        let mut buf = vec![0u8; 4096];
+        buf[4000] = 1;
+        assert_eq!(classify_leader(&buf), Leader::Other(0));
     }
 
     #[test]

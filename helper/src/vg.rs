@@ -143,13 +143,13 @@ async fn tag(node: &str, c: &VgConfig) -> Result<Vec<String>> {
 
 /// Drop this node's tag. vgchange accepts removing an absent tag, so there
 /// is no read first: one LVM command (~45 ms) less on every stop.
-async fn untag(node: &str, c: &VgConfig) -> Result<Vec<String>> {
+pub(crate) async fn untag(node: &str, c: &VgConfig) -> Result<Vec<String>> {
     let mut log = Vec::new();
     vgchange(&mut log, &["--deltag", node, &c.vgname]).await?;
     Ok(log)
 }
 
-async fn activate(c: &VgConfig, on: bool) -> Result<Vec<String>> {
+pub(crate) async fn activate(c: &VgConfig, on: bool) -> Result<Vec<String>> {
     let mut log = Vec::new();
     vgchange(&mut log, &["-a", if on { "y" } else { "n" }, &c.vgname]).await?;
     Ok(log)
