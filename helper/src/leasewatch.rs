@@ -360,9 +360,12 @@ async fn let_go(reg: &Arc<Registry>, service: &str) -> (Vec<String>, Vec<String>
     }
     for r in svc.resources.iter().rev() {
         match &r.config {
-            ResourceConfig::Fs(c) => {
-                step(&mut log, &mut failures, crate::fs::unmount(&svc.name, &r.rid, c).await, &r.rid)
-            }
+            ResourceConfig::Fs(c) => step(
+                &mut log,
+                &mut failures,
+                crate::fs::unmount(&svc.name, &r.rid, c).await,
+                &r.rid,
+            ),
             ResourceConfig::Vg(c) => {
                 step(
                     &mut log,
