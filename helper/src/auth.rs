@@ -218,7 +218,11 @@ where
             .log();
         return Err(e);
     }
+    let t0 = std::time::Instant::now();
     let outcome = body().await;
+    // Cockpit and other live clients follow each step (events.rs).
+    let err = outcome.as_ref().err();
+    crate::events::step_done(conn, service, rid, action, err, t0.elapsed()).await;
     match &outcome {
         Ok(_) => Record::new(Some(&who), action, service, rid, Outcome::Ok).log(),
         Err(e) => Record::new(Some(&who), action, service, rid, Outcome::Failed)
