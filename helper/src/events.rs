@@ -30,6 +30,10 @@ pub const AUDIT_LOG_MAX: usize = 200;
 /// Steps of one action come in bursts (ferry start is ~10 calls in a
 /// second): the state is recomputed once the burst pauses this long.
 const STATE_SETTLE: Duration = Duration::from_millis(100);
+/// How often a waiting State update asks whether the lock holder is gone,
+/// and for how long at most (ferry's longest actions take seconds).
+const HOLDER_POLL: Duration = Duration::from_millis(50);
+const HOLDER_WAIT_MAX: Duration = Duration::from_secs(600);
 
 struct AuditLine {
     /// The record's `service` field as written: quoted and escaped.
@@ -188,7 +192,11 @@ pub async fn cached_state(reg: &Registry, service: &str) -> String {
 
 /// Called once a privileged call on `service` has run (allowed; done or
 /// failed): emit `Step` at once, then recompute the service's state once
-/// the burst settles and emit PropertiesChanged if it moved.
+/// the burst settles and emit PropertiesChanged if it moved. While a
+/// caller holds the service's lock (ferry does, for a whole start, stop or
+/// relocation) the state waits until the holder lets go (Unlock, or its
+/// connection leaves the bus): computing it runs vgs and docker, which
+/// would only slow the action down.
 pub async fn step_done(
     conn: &zbus::Connection,
     service: &str,
@@ -211,6 +219,15 @@ pub async fn step_done(
         }
         Err(e) => debug!(service, "Step signal not sent: {e}"),
     }
+    settle_then_announce(conn, service, true);
+}
+
+/// The service's caller lock was released: its action is over.
+pub fn unlocked(conn: &zbus::Connection, service: &str) {
+    settle_then_announce(conn, service, false);
+}
+
+fn settle_then_announce(conn: &zbus::Connection, service: &str, unless_locked: bool) {
     let generation = {
         let mut k = lock_known();
         let g = k.generation.entry(service.to_string()).or_insert(0);
@@ -223,13 +240,13 @@ pub async fn step_done(
         if lock_known().generation.get(&service) != Some(&generation) {
             return; // a later step will do it
         }
-        announce_state(&conn, &service).await;
+        announce_state(&conn, &service, unless_locked).await;
     });
 }
 
 /// Recompute the service's state; if it moved, PropertiesChanged for
 /// `State` (the getter reads the cache filled here).
-async fn announce_state(conn: &zbus::Connection, service: &str) {
+async fn announce_state(conn: &zbus::Connection, service: &str, unless_locked: bool) {
     let path = service_path(service);
     let iface = match conn
         .object_server()
@@ -240,6 +257,15 @@ async fn announce_state(conn: &zbus::Connection, service: &str) {
         Err(_) => return, // not exported (InstallConfig of a new one, reload)
     };
     let reg: Arc<Registry> = iface.get().await.reg.clone();
+    if unless_locked {
+        if let Some(h) = reg.holds().holder(service) {
+            let generation = lock_known().generation.get(service).copied();
+            wait_gone(conn, &h.sender).await;
+            if lock_known().generation.get(service).copied() != generation {
+                return; // steps came meanwhile: the last one's task does it
+            }
+        }
+    }
     let now = service_state(&reg, service).await;
     let changed = lock_known().state.insert(service.to_string(), now.clone()) != Some(now);
     if !changed {
@@ -248,6 +274,24 @@ async fn announce_state(conn: &zbus::Connection, service: &str) {
     let obj = iface.get().await;
     if let Err(e) = obj.state_changed(iface.signal_emitter()).await {
         debug!(service, "State change not announced: {e}");
+    }
+}
+
+/// Until `name` has left the bus (a lock holder is a ferry process: it
+/// exits when its action is done), at most [`HOLDER_WAIT_MAX`].
+async fn wait_gone(conn: &zbus::Connection, name: &str) {
+    let Ok(dbus) = zbus::fdo::DBusProxy::new(conn).await else {
+        return;
+    };
+    let Ok(bus_name) = zbus::names::BusName::try_from(name) else {
+        return;
+    };
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < HOLDER_WAIT_MAX {
+        match dbus.name_has_owner(bus_name.clone()).await {
+            Ok(true) => tokio::time::sleep(HOLDER_POLL).await,
+            _ => return,
+        }
     }
 }
 

@@ -102,6 +102,7 @@ impl ServiceObject {
         };
         match crate::lock::release(reg.holds(), service, reg.node(), &who) {
             Ok(held) => {
+                crate::events::unlocked(conn, service);
                 let r = Record::new(Some(&who), ACTION, service, "", Outcome::Ok);
                 if held { r } else { r.note("was not held") }.log();
                 Ok(())
