@@ -290,6 +290,8 @@ mod tests {
             "io.ferry.config.install",
             "io.ferry.lease.init",
             "io.ferry.service.lock",
+            // reads the in-memory audit ring (events.rs)
+            "io.ferry.audit.read",
             // only implies the others
             "io.ferry.service.manage",
         ];
