@@ -85,6 +85,9 @@ install: build
 	sed 's|/usr/bin/ferry|$(PREFIX)/bin/ferry|' ocf/service > $(DESTDIR)/usr/lib/ocf/resource.d/ferry/service
 	chmod 0755 $(DESTDIR)/usr/lib/ocf/resource.d/ferry/service
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/ferry/README.md
+	# The Cockpit page (plain HTML + JS: no build step); Cockpit reads /usr/share/cockpit only.
+	install -d -m 0755 $(DESTDIR)/usr/share/cockpit/ferry
+	install -m 0644 cockpit/manifest.json cockpit/index.html cockpit/ferry.js cockpit/ferry.css $(DESTDIR)/usr/share/cockpit/ferry/
 	@echo "installed; now grant rights with a polkit rule (see polkit/*.rules) and: systemctl daemon-reload; dbus reload"
 
 clean:

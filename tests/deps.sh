@@ -8,7 +8,10 @@ packages=(docker.io containerd tini dbus polkitd openssh-server openssh-client s
   busybox-static iputils-arping e2fsprogs psmisc iproute2 util-linux systemd procps
   sanlock libsanlock-dev pkg-config gcc libc6-dev
   debootstrap systemd-container lintian
-  pacemaker corosync crmsh resource-agents libxml2-utils)
+  pacemaker corosync crmsh resource-agents libxml2-utils
+  cockpit-ws cockpit-bridge chromium chromium-driver python3-selenium)
+# cockpit-ws, cockpit-bridge, chromium, chromium-driver and python3-selenium:
+# the Cockpit page's browser test (tests/integration/cockpit.sh), headless.
 # pacemaker, corosync, crmsh, resource-agents (ocf-tester) and libxml2-utils
 # (xmllint, for ocf-tester): `lab up N --pacemaker` and the pacemaker suite.
 # debootstrap and systemd-container boot the package test's node

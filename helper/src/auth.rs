@@ -255,10 +255,14 @@ where
     // The lock's holder is busy while its call runs: its lock is not broken
     // halfway through (see crate::lock).
     let active = reg.holds().activity(service, &who.sender);
+    let t0 = std::time::Instant::now();
     let outcome = body().await;
     drop(active);
     // What the call changed shows at once, in everyone's next status.
     reg.status_cache().invalidate(service);
+    // Cockpit and other live clients follow each step (events.rs).
+    let err = outcome.as_ref().err();
+    crate::events::step_done(conn, service, rid, action, err, t0.elapsed()).await;
     match &outcome {
         Ok(_) => Record::new(Some(&who), action, service, rid, Outcome::Ok).log(),
         Err(e) => Record::new(Some(&who), action, service, rid, Outcome::Failed)

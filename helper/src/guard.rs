@@ -292,6 +292,8 @@ mod tests {
             "io.ferry.service.lock",
             "io.ferry.service.break-lock",
             "io.ferry.config.reload",
+            // reads the in-memory audit ring (events.rs)
+            "io.ferry.audit.read",
             // only implies the others
             "io.ferry.service.manage",
         ];

@@ -12,6 +12,7 @@ mod cmd;
 mod container;
 mod ctx;
 mod error;
+mod events;
 mod export;
 mod fs;
 mod guard;
@@ -148,6 +149,7 @@ fn init_logging() {
                 tracing_subscriber::registry()
                     .with(filter)
                     .with(layer)
+                    .with(events::AuditRing)
                     .init();
                 return;
             }
@@ -155,10 +157,14 @@ fn init_logging() {
         }
     }
     // The lab (no systemd): plain lines on stderr, which the lab keeps in a file.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(std::io::stderr),
+        )
+        .with(events::AuditRing)
         .init();
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use ferry_core::config::{ResourceConfig, ServiceConfig};
 use ferry_core::status::ResourceStatus;
 use zbus::message::Header;
+use zbus::object_server::SignalEmitter;
 use zbus::{interface, Connection};
 
 use crate::audit::{Outcome, Record};
@@ -13,6 +14,9 @@ use crate::error::Result;
 use crate::registry::Registry;
 
 use ferry_core::dbus::{BREAK_LOCK_ACTION, LOCK_ACTION};
+
+/// Reading a service's audit records (they name callers' uids and pids).
+const AUDIT_READ_ACTION: &str = "io.ferry.audit.read";
 
 pub struct ServiceObject {
     pub reg: Arc<Registry>,
@@ -151,6 +155,7 @@ impl ServiceObject {
         };
         match crate::lock::release(reg.holds(), service, reg.node(), &who) {
             Ok(held) => {
+                crate::events::unlocked(conn, service);
                 let r = Record::new(Some(&who), ACTION, service, "", Outcome::Ok);
                 if held { r } else { r.note("was not held") }.log();
                 Ok(())
@@ -162,6 +167,52 @@ impl ServiceObject {
                 Err(e)
             }
         }
+    }
+
+    /// The service's recent audit records about this node's helper (newest
+    /// last, at most 200, kept in memory since the helper started): who
+    /// called what, allowed, refused or failed. Needs `io.ferry.audit.read`.
+    async fn audit_log(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>> {
+        crate::auth::identify_and_authorize(
+            &self.reg,
+            conn,
+            &header,
+            AUDIT_READ_ACTION,
+            &self.service,
+            "",
+        )
+        .await?;
+        Ok(crate::events::audit_lines(
+            &self.service,
+            crate::events::AUDIT_LOG_MAX,
+        ))
+    }
+
+    /// Sent after every privileged call on the service or one of its
+    /// resources that was allowed to run: which resource (empty for the
+    /// service itself), the polkit action, `ok` or `failed`, the error
+    /// message, and how long it took. A client follows an action step by
+    /// step with it, whoever runs the action.
+    #[zbus(signal)]
+    pub async fn step(
+        emitter: &SignalEmitter<'_>,
+        rid: &str,
+        action: &str,
+        result: &str,
+        message: &str,
+        elapsed_ms: u64,
+    ) -> zbus::Result<()>;
+
+    /// The service's state on this node, as `ferry status` sums it up
+    /// (`up`, `down`, `warn`, `n/a`). PropertiesChanged follows it after
+    /// every action, within ~0.1 s of its last step.
+    #[zbus(property)]
+    async fn state(&self) -> String {
+        crate::events::cached_state(&self.reg, &self.service).await
     }
 
     #[zbus(property(emits_changed_signal = "const"))]
