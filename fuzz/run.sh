@@ -6,6 +6,7 @@
 #   fuzz/run.sh long [T…]     each target (or T…) until FUZZ_RUNS executions
 #                             (default 10 million), with AddressSanitizer when
 #                             a nightly toolchain is there; prints the counts
+#                             (FUZZ_MAX_TIME=S: stop a target after S seconds)
 #   fuzz/run.sh cmin          fuzz/corpus/ = the seeds, the repo's config
 #                             fixtures, what long runs found, minimized
 #                             (cargo fuzz cmin)
@@ -47,18 +48,24 @@ fuzz() { # fuzz SANITIZER cargo-fuzz-args…
 
 case ${1:-short} in
 short)
-  # Every corpus file once, then 20 s of mutation per target.
-  fuzz none build
+  # Every corpus file once, then 20 s of mutation per target. A release
+  # build like the helper's (-O); the long run adds overflow checks.
+  # Its own target dir: a long run's sanitizer build stays as it is.
+  short=(-O --target-dir fuzz/target/short)
+  fuzz none build "${short[@]}"
   for t in "${TARGETS[@]}"; do
     echo "fuzz: $t"
-    fuzz none run "$t" "fuzz/corpus/$t" -- -max_len="$MAX_LEN" \
-      -max_total_time="${FUZZ_SECONDS:-20}" -print_final_stats=1 2>&1 |
-      grep -E '^(stat::number_of_executed_units|stat::new_units_added|==[0-9]+==|SUMMARY|.*panicked|Done|#[0-9]+ +(INITED|DONE))' || true
-    # grep eats the status: a crash leaves an artifact behind.
-    if compgen -G "fuzz/artifacts/$t/*" >/dev/null; then
-      echo "fuzz: $t crashed: fuzz/artifacts/$t/" >&2
+    # New inputs go to a scratch dir: the kept corpus is only read.
+    scratch="fuzz/target/short-corpus-$t"
+    log="fuzz/target/short-$t.log"
+    mkdir -p "$scratch"
+    if ! fuzz none run "${short[@]}" "$t" "$scratch" "fuzz/corpus/$t" -- -max_len="$MAX_LEN" \
+      -max_total_time="${FUZZ_SECONDS:-20}" -print_final_stats=1 >"$log" 2>&1; then
+      tail -n 40 "$log" >&2
+      echo "fuzz: $t crashed: see $log and fuzz/artifacts/$t/" >&2
       exit 1
     fi
+    grep -E '^(#[0-9]+[[:space:]]+(INITED|DONE)|stat::number_of_executed_units)' "$log"
   done
   ;;
 long)
@@ -77,7 +84,7 @@ long)
     mkdir -p "$scratch"
     start=$(date +%s)
     fuzz "$san" run "$t" "$scratch" "fuzz/corpus/$t" -- -max_len="$MAX_LEN" \
-      -runs="$runs" -print_final_stats=1 >"$log" 2>&1 || {
+      -runs="$runs" -max_total_time="${FUZZ_MAX_TIME:-0}" -print_final_stats=1 >"$log" 2>&1 || {
       tail -n 40 "$log" >&2
       echo "fuzz: $t crashed: see $log and fuzz/artifacts/$t/" >&2
       exit 1

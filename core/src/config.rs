@@ -1425,7 +1425,7 @@ schedule = 03:59-05:59
         // holder's, so it is held to the rules of a node name.
         for bad in [
             "[peer node\"]\nhost_id = 2\n",
-            "[peer  ]\nhost_id = 2\n",
+            "[peer a/b]\nhost_id = 2\n",
             "[peer -x]\nremote = ssh\n",
         ] {
             let e = parse_node_config("f", bad).expect_err(bad);
