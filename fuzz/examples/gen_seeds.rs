@@ -76,11 +76,8 @@ fn main() {
         let e = if endian == Endian::Little { "le" } else { "be" };
         let call = |path: &str, iface: &str, member: &str| {
             Message::method_call(path.to_string(), member.to_string())
-                .expect("path")
                 .interface(iface.to_string())
-                .expect("iface")
                 .destination("io.ferry.Helper1")
-                .expect("dest")
                 .endian(endian)
         };
         let mut msgs: Vec<(String, Message, u8)> = Vec::new();
