@@ -91,7 +91,8 @@ long)
     }
     secs=$(($(date +%s) - start))
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
-    echo "fuzz: $t: $execs executions in ${secs} s ($((execs / (secs ? secs : 1))) exec/s), no crash"
+    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")
+    echo "fuzz: $t: $execs executions, $rate exec/s, ${secs} s (build included), no crash"
   done
   ;;
 cmin)
