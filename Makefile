@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PREFIX ?= /usr/local
 
-.PHONY: all build deps demo check lint unit integration bench soak install clean lab-down deb deb-assets deb-lint package-test dbus-interfaces
+.PHONY: all build deps demo check lint unit integration bench soak install clean lab-down deb deb-assets deb-lint package-test dbus-interfaces fuzz fuzz-short
 
 all: build
 
@@ -19,7 +19,7 @@ demo: deps build
 
 # Everything CI runs: formatting, lints, unit tests, the lab integration
 # tests, and the Debian package in a node booted with systemd.
-check: deps lint unit build integration package-test
+check: deps lint unit fuzz-short build integration package-test
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -30,6 +30,16 @@ unit:
 
 integration: build
 	bash tests/integration/run.sh
+
+# Fuzzing (fuzz/, cargo-fuzz): a short run of every target in check, each
+# corpus once and then 20 s of new inputs (stable Rust is enough); the long
+# run, 10 million executions per target (FUZZ_RUNS=…), with AddressSanitizer
+# when a nightly toolchain is there. See README, "Fuzzing".
+fuzz-short: deps
+	bash fuzz/run.sh short
+
+fuzz: deps
+	bash fuzz/run.sh long
 
 bench: deps build
 	bash tests/bench/relocate.sh

@@ -2,11 +2,12 @@
 # Install what building and testing ferry needs on a fresh Debian 12, when it
 # is missing. Idempotent; quiet when everything is there.
 # libsanlock-dev + pkg-config: the helper links libsanlock_client. gcc (cc)
-# and libc6-dev: the lab builds its sanlock rlimit shim.
+# and libc6-dev: the lab builds its sanlock rlimit shim. g++: libFuzzer
+# (make fuzz, fuzz-short).
 set -euo pipefail
 packages=(docker.io containerd tini dbus polkitd openssh-server openssh-client sudo lvm2
   busybox-static iputils-arping e2fsprogs psmisc iproute2 util-linux systemd procps
-  sanlock libsanlock-dev pkg-config gcc libc6-dev
+  sanlock libsanlock-dev pkg-config gcc g++ libc6-dev
   debootstrap systemd-container lintian
   pacemaker corosync crmsh resource-agents libxml2-utils
   cockpit-ws cockpit-bridge chromium chromium-driver python3-selenium)
@@ -30,3 +31,5 @@ fi
 command -v cargo >/dev/null || { echo "deps: cargo not found: install a Rust toolchain (rustup)" >&2; exit 1; }
 # make deb builds the package with cargo-deb, from crates.io.
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
+# make fuzz and fuzz-short run the fuzz targets with cargo-fuzz, from crates.io.
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked

@@ -1181,7 +1181,13 @@ pub fn parse_node_config(file: &str, text: &str) -> Result<NodeConfig, ConfigErr
         let node = if sec == "node" {
             None
         } else if let Some(peer) = sec.strip_prefix("peer ") {
-            Some(peer.trim().to_string())
+            // The name is shown as a lease holder's: a node name, like `nodes`.
+            let peer = peer.trim();
+            if !valid_node_name(peer) {
+                ck.err(sec, None, format!("'{peer}' is not a valid node name"));
+                continue;
+            }
+            Some(peer.to_string())
         } else {
             ck.err(sec, None, "unknown section: expected [node] or [peer NAME]");
             continue;
@@ -1443,6 +1449,21 @@ schedule = 03:59-05:59
         assert!(dup.is_err_and(|e| e.to_string().contains("already the one of [node]")));
         assert!(parse_node_config("f", "[node]\nhost_id = 2001\n").is_err());
         assert!(parse_node_config("f", "[node]\nhost_id = 0\n").is_err());
+    }
+
+    #[test]
+    fn peer_names_are_node_names() {
+        // Found by fuzzing (node_config): a peer's name is shown as a lease
+        // holder's, so it is held to the rules of a node name.
+        for bad in [
+            "[peer node\"]\nhost_id = 2\n",
+            "[peer a/b]\nhost_id = 2\n",
+            "[peer -x]\nremote = ssh\n",
+        ] {
+            let e = parse_node_config("f", bad).expect_err(bad);
+            assert!(e.to_string().contains("is not a valid node name"), "{e}");
+        }
+        assert!(parse_node_config("f", "[peer node2.lab]\nhost_id = 2\n").is_ok());
     }
 
     #[test]

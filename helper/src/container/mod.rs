@@ -13,7 +13,7 @@ pub mod passthrough;
 use std::collections::HashMap;
 
 use ferry_core::config::{ContainerConfig, ServiceConfig};
-use ferry_core::dbus::{CheckResult, DOCKER_ALLOWED};
+use ferry_core::dbus::CheckResult;
 use ferry_core::status::ResourceStatus;
 use zbus::message::Header;
 use zbus::{interface, Connection, OwnedFd};
@@ -47,20 +47,10 @@ fn config(ctx: &ResCtx) -> Result<(std::sync::Arc<ServiceConfig>, ContainerConfi
     ctx.config()
 }
 
-/// The first argument must be an allowed subcommand: no global options
-/// (`-H`, `--config`, `--context`…) that would point docker elsewhere.
+/// The first argument must be an allowed subcommand (the check itself is
+/// in ferry-core, where the fuzz targets reach it).
 pub fn check_docker_args(args: &[String]) -> Result<()> {
-    match args.first() {
-        None => Err(HelperError::InvalidArgument(format!(
-            "no docker subcommand given (allowed: {})",
-            DOCKER_ALLOWED.join(", ")
-        ))),
-        Some(sub) if DOCKER_ALLOWED.contains(&sub.as_str()) => Ok(()),
-        Some(sub) => Err(HelperError::InvalidArgument(format!(
-            "docker subcommand '{sub}' is not allowed through ferry (allowed: {})",
-            DOCKER_ALLOWED.join(", ")
-        ))),
-    }
+    ferry_core::docker_args::check_docker_args(args).map_err(HelperError::InvalidArgument)
 }
 
 /// Resolves when `sender` has no owner on the bus any more.
