@@ -284,23 +284,27 @@ async fn join(reg: &Registry, area: &Area) -> Result<()> {
     set_join_state(&area.lockspace, Join::Joining);
     let t0 = Instant::now();
     let a = area.clone();
+    // The outcome is recorded by the blocking task itself: a caller that
+    // stops waiting (the lease watch bounds a rejoin) must not leave the
+    // state at Joining forever, or every later start waits and fails.
     let joined = blocking(move || {
-        sanlock::add_lockspace(&a.lockspace, id, &a.lockspace_disk(), a.io_timeout)
+        let r = sanlock::add_lockspace(&a.lockspace, id, &a.lockspace_disk(), a.io_timeout);
+        match &r {
+            Ok(()) => set_join_state(&a.lockspace, Join::Joined),
+            Err(e) => set_join_state(&a.lockspace, Join::Failed(e.to_string())),
+        }
+        r
     })
     .await?;
     match joined {
         Ok(()) => {
-            set_join_state(&area.lockspace, Join::Joined);
             info!(lockspace = %area.lockspace, host_id = id, ms = t0.elapsed().as_millis() as u64, "joined the lockspace");
             Ok(())
         }
-        Err(e) => {
-            set_join_state(&area.lockspace, Join::Failed(e.to_string()));
-            Err(HelperError::failed(format!(
-                "cannot join lockspace {} on {} as host_id {id}: {e}",
-                area.lockspace, area.dev
-            )))
-        }
+        Err(e) => Err(HelperError::failed(format!(
+            "cannot join lockspace {} on {} as host_id {id}: {e}",
+            area.lockspace, area.dev
+        ))),
     }
 }
 

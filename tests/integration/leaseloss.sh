@@ -278,7 +278,7 @@ t_lease_path_with_a_space_is_refused() {
   expect_ok as op node1 ferry start busybox
   printf '[DEFAULT]\nnodes = node1 node2\n\n[lease#1]\ndev = /run/ferry-lab/disks/lease 0\nio_timeout = 1\n' \
     | root_on node1 install -m 0644 /dev/stdin /etc/ferry/services/odd.conf
-  expect_code 1 root_on node1 ferry validate /etc/ferry/services/odd.conf
+  expect_code 2 root_on node1 ferry validate /etc/ferry/services/odd.conf
   contains "/etc/ferry/services/odd.conf:5: [lease#1] dev: '/run/ferry-lab/disks/lease 0': a lease path must not contain spaces"
   as op node1 ferry reload >/dev/null 2>&1 || true
   expect_ok as op node1 ferry status busybox --local
