@@ -23,6 +23,10 @@ pub const MAX_AGE: Duration = Duration::from_secs(1);
 struct Entry {
     at: Instant,
     generation: u64,
+    /// The mount table when it was computed: a mount made or removed
+    /// behind ferry's back (an operator's hand, a crash) makes it stale at
+    /// once, not a second later.
+    mounts: u64,
     statuses: Vec<ResourceStatus>,
 }
 
@@ -65,7 +69,9 @@ impl StatusCache {
         let generation = i.generations.get(service).copied().unwrap_or(0);
         i.entries
             .get(service)
-            .filter(|e| e.generation == generation && e.at.elapsed() < max_age)
+            .filter(|e| {
+                e.generation == generation && e.at.elapsed() < max_age && e.mounts == mount_table()
+            })
             .map(|e| e.statuses.clone())
     }
 
@@ -73,7 +79,7 @@ impl StatusCache {
         self.inner().generations.get(service).copied().unwrap_or(0)
     }
 
-    fn store(&self, service: &str, generation: u64, statuses: &[ResourceStatus]) {
+    fn store(&self, service: &str, generation: u64, mounts: u64, statuses: &[ResourceStatus]) {
         let mut i = self.inner();
         if i.generations.get(service).copied().unwrap_or(0) == generation {
             i.entries.insert(
@@ -81,6 +87,7 @@ impl StatusCache {
                 Entry {
                     at: Instant::now(),
                     generation,
+                    mounts,
                     statuses: statuses.to_vec(),
                 },
             );
@@ -123,10 +130,22 @@ impl StatusCache {
         // Read before computing: an action that ends meanwhile makes this
         // result stale.
         let generation = self.generation(service);
+        let mounts = mount_table();
         let statuses = compute().await?;
-        self.store(service, generation, &statuses);
+        self.store(service, generation, mounts, &statuses);
         Ok(statuses)
     }
+}
+
+/// A fingerprint of this node's mount table (a read of mountinfo: tens of
+/// microseconds, against milliseconds for a status).
+fn mount_table() -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::fs::read("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .hash(&mut h);
+    h.finish()
 }
 
 /// Does this caller get a fresh status: root, or the service lock's holder.
