@@ -422,26 +422,22 @@ async fn acquire(reg: &Registry, svc: &ServiceConfig, c: &LeaseConfig) -> Result
     if held_by_us(&area).await? {
         return Ok(vec![format!("lease {} is already held here", area.label())]);
     }
-    let a = area.clone();
-    let taken = blocking(move || {
-        registration()?.acquire(
-            &a.lockspace,
-            LeaseConfig::RESOURCE,
-            &a.resource_disk(),
-            AcquireFlags {
-                persistent: true,
-                orphan: false,
-                // A refusal must come at once, not after 2 x io_timeout.
-                owner_nowait: true,
-            },
-        )
-    })
-    .await?;
-    let e = match taken {
+    let e = match acquire_once(&area).await? {
         Ok(()) => return Ok(vec![format!("acquire lease {}", area.label())]),
         Err(e) => e,
     };
     forget_registration_on(&e);
+    // A holder the cluster fenced: free its host lease, then once more.
+    let e = match e.is_held_elsewhere() {
+        true => match crate::takeover::free_fenced_holder(reg, svc).await? {
+            Some(freed) => match acquire_once(&area).await? {
+                Ok(()) => return Ok(vec![freed, format!("acquire lease {}", area.label())]),
+                Err(e) => e,
+            },
+            None => e,
+        },
+        false => e,
+    };
     if e.is_orphan_here() && readopt(reg, &area).await? {
         return Ok(vec![format!(
             "re-adopt this node's orphaned lease {}",
@@ -472,6 +468,24 @@ async fn acquire(reg: &Registry, svc: &ServiceConfig, c: &LeaseConfig) -> Result
         "cannot acquire lease {}: {e}",
         area.label()
     )))
+}
+
+async fn acquire_once(area: &Area) -> Result<std::result::Result<(), SanlockError>> {
+    let a = area.clone();
+    blocking(move || {
+        registration()?.acquire(
+            &a.lockspace,
+            LeaseConfig::RESOURCE,
+            &a.resource_disk(),
+            AcquireFlags {
+                persistent: true,
+                orphan: false,
+                // A refusal must come at once, not after 2 x io_timeout.
+                owner_nowait: true,
+            },
+        )
+    })
+    .await
 }
 
 async fn release(reg: &Registry, svc: &ServiceConfig, c: &LeaseConfig) -> Result<Vec<String>> {

@@ -23,6 +23,7 @@ mod manager;
 mod registry;
 mod sanlock;
 mod service;
+mod takeover;
 mod vg;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,172 @@
+# Taking a fenced holder's lease at once, and only then (issue 13): three
+# nodes under Corosync + Pacemaker with lab fencing; the service itself is
+# started by hand (or by the OCF agent run by hand), so that each test
+# decides when fencing happens. Every verdict about the disk is the
+# kernel's: a node holds the filesystem while /sys/fs/ext4/<its own loop
+# device> exists. A sampler checks every 15 ms, through every test, that no
+# two nodes have it live at once.
+
+"$LAB" up 3 --pacemaker || { echo "lab up 3 --pacemaker failed"; FAILED=$((FAILED + 1)); return 0; }
+
+CONF=/etc/ferry/services/busybox.conf
+AGENT=/usr/lib/ocf/resource.d/ferry/service
+F_STATE=$(mktemp -d)
+F_DEV=()
+for k in 1 2 3; do F_DEV[$k]=$(basename "$(root_on node$k readlink -f /run/ferry-lab/disks/data0)"); done
+
+ext4_on() { [ -e "/sys/fs/ext4/${F_DEV[${1#node}]}" ]; } # NODE
+live_count() { local n=0 k; for k in 1 2 3; do [ -e "/sys/fs/ext4/${F_DEV[$k]}" ] && n=$((n + 1)); done; echo $n; }
+f_watch_start() {
+  local test_pid=$BASHPID
+  ( while kill -0 "$test_pid" 2>/dev/null; do
+      [ "$(live_count)" -gt 1 ] && echo "BOTH $(date +%T.%N)" >>"$F_STATE/both"
+      sleep 0.015
+    done ) &
+  echo $! >"$F_STATE/watch"
+}
+f_watch_stop() {
+  kill "$(cat "$F_STATE/watch")" 2>/dev/null || true
+  wait "$(cat "$F_STATE/watch")" 2>/dev/null || true
+  if [ -s "$F_STATE/both" ]; then cat "$F_STATE/both"; rm -f "$F_STATE/both"; fail "the ext4 was live on two nodes at once"; fi
+}
+ocf() { # NODE ACTION
+  root_on "$1" env OCF_RESKEY_service=busybox OCF_ROOT=/usr/lib/ocf OCF_RESKEY_CRM_meta_timeout=60000 "$AGENT" "$2"
+}
+takeovers() { # NODE → how many takeover audit lines its helper wrote
+  root_on "$1" grep -c 'io.ferry.lease.takeover' /var/log/ferry-helper.log || true
+}
+fence_from() { # FENCER NODE: ask the cluster to power NODE off, wait for the answer
+  root_on "$1" stonith_admin --fence "$2" --timeout 30
+}
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+# A start refused for the whole of SECONDS, and the ext4 never live there.
+refused_for() { # NODE SECONDS
+  local node=$1 until=$(($(now_ms) + $2 * 1000)) n=0
+  while [ "$(now_ms)" -lt "$until" ]; do
+    expect_code 1 as op "$node" ferry start busybox >/dev/null
+    contains "LeaseHeld"
+    ext4_on "$node" && fail "the ext4 is live on $node"
+    n=$((n + 1))
+    sleep 1
+  done
+  echo "measured: $node's start refused $n times in $2 s"
+}
+
+t_f_setup() {
+  root_on node1 sed -i 's/^nodes = node1$/nodes = node1 node2 node3/' $CONF
+  for k in 2 3; do root_on node1 cat $CONF | root_on node$k install -m 0644 /dev/stdin $CONF; done
+  for k in 1 2 3; do expect_ok as op node$k ferry reload; done
+  local i
+  for i in $(seq 1 60); do
+    root_on node1 crm_mon -1 2>/dev/null | grep -q "fence-lab.*Started" && break
+    sleep 0.5
+  done
+  expect_ok root_on node1 crm_mon -1
+  contains "Online: [ node1 node2 node3 ]"
+  matches "fence-lab.*Started"
+}
+
+# The OCF start returns 0 only once the monitor says 0 and `ferry status`
+# says up, every time (Pacemaker runs its first monitor right after start).
+t_f_ocf_start_then_monitor() {
+  local i st
+  for i in 1 2 3; do
+    expect_ok ocf node1 start
+    expect_ok ocf node1 monitor
+    st=$(as op node1 ferry status busybox --local)
+    grep -qE '^\|- avail +up' <<<"$st" || fail "start returned 0, but ferry status says:
+$st"
+    grep -qE '^overall +up' <<<"$st" || fail "start returned 0, but ferry status says:
+$st"
+    expect_ok ocf node1 stop
+    expect_code 7 ocf node1 monitor
+  done
+}
+
+# A "successful" fence that did not happen (the lab switch lies) is older
+# than the renewals the holder goes on writing: it does not count.
+t_f_fence_older_than_renewal() {
+  expect_ok as op node1 ferry start busybox
+  f_watch_start
+  expect_ok "$LAB" fence-mode lie
+  expect_ok fence_from node2 node1
+  # the holder renews every 2 x io_timeout (2 s): let it renew after the fence
+  sleep 4
+  expect_ok root_on node2 stonith_admin --history node1 --output-as=xml
+  contains 'status="success"'
+  local before
+  before=$(takeovers node2)
+  refused_for node2 5
+  [ "$(takeovers node2)" = "$before" ] || fail "node2 took over a lease whose holder renewed after the fence"
+  root_on node2 grep -q "completed before its last renewal seen here" /var/log/ferry-helper.log \
+    || fail "node2's helper did not say why it did not take over"
+  ext4_on node1 || fail "the holder lost its ext4"
+  f_watch_stop
+  expect_ok "$LAB" fence-mode normal
+}
+
+# node1 powered off by the cluster; node2 and node3 start at the same
+# moment: one wins (at once, not after the 68 s expiry), the other is
+# refused, and the container and data are the ones node1 had.
+t_f_race_after_fence() {
+  local cid sum t0 r2 r3
+  cid=$(container_id node1)
+  [ -n "$cid" ] || fail "no container on node1"
+  sum=$(root_on node1 sh -c 'head -c 1048576 /dev/urandom >/srv/busybox/check && sync && sha256sum /srv/busybox/check' | cut -d' ' -f1)
+  f_watch_start
+  t0=$(now_ms)
+  expect_ok fence_from node2 node1
+  echo "measured: fence of node1 $(($(now_ms) - t0)) ms"
+  ! ext4_on node1 || fail "node1 still has its ext4 after the fence"
+  t0=$(now_ms)
+  ( as op node2 ferry start busybox >"$F_STATE/start2" 2>&1; echo $? >"$F_STATE/rc2" ) &
+  ( as op node3 ferry start busybox >"$F_STATE/start3" 2>&1; echo $? >"$F_STATE/rc3" ) &
+  wait
+  echo "measured: both starts done $(($(now_ms) - t0)) ms after the fence"
+  r2=$(cat "$F_STATE/rc2") r3=$(cat "$F_STATE/rc3")
+  echo "node2: exit $r2; node3: exit $r3"
+  [ "$(live_count)" = 1 ] || fail "the ext4 is live on $(live_count) nodes"
+  if [ "$r2" = 0 ] && [ "$r3" != 0 ]; then echo node2 >"$F_STATE/winner"
+  elif [ "$r3" = 0 ] && [ "$r2" != 0 ]; then echo node3 >"$F_STATE/winner"
+  else cat "$F_STATE/start2" "$F_STATE/start3"; fail "not exactly one winner (node2 $r2, node3 $r3)"; fi
+  local w
+  w=$(cat "$F_STATE/winner")
+  ext4_on "$w" || fail "the winner $w has no ext4"
+  [ "$(takeovers "$w")" -ge 1 ] || fail "$w started without a takeover audit line"
+  root_on "$w" grep 'io.ferry.lease.takeover' /var/log/ferry-helper.log | tail -1 | grep -q 'fenced, off of node1 success' \
+    || fail "the audit line does not name the fence"
+  [ "$(container_id "$w")" = "$cid" ] || fail "container id changed: $cid → $(container_id "$w")"
+  [ "$(root_on "$w" sha256sum /srv/busybox/check | cut -d' ' -f1)" = "$sum" ] || fail "the checksummed file differs"
+  f_watch_stop
+}
+
+# The holder cut off from the cluster, and fencing fails: the others ask
+# and ask, the holder goes on renewing, and its lease is never taken.
+t_f_cut_off_not_fenced() {
+  local w other
+  w=$(cat "$F_STATE/winner")
+  other=node2; [ "$w" = node2 ] && other=node3
+  f_watch_start
+  expect_ok "$LAB" fence-mode fail
+  expect_ok "$LAB" link "$w" down
+  # until the cluster has tried (and failed) to fence it
+  local i
+  for i in $(seq 1 40); do
+    root_on "$other" stonith_admin --history "$w" 2>/dev/null | grep -q "failed" && break
+    sleep 0.5
+  done
+  expect_ok root_on "$other" stonith_admin --history "$w"
+  contains "failed"
+  lacks "successful"
+  refused_for "$other" 12
+  ext4_on "$w" || fail "the holder lost its ext4"
+  f_watch_stop
+  expect_ok "$LAB" fence-mode normal
+}
+
+run_test "failover: three nodes, fencing configured"                  t_f_setup
+run_test "failover: ocf start returns once monitor and status say up" t_f_ocf_start_then_monitor
+run_test "failover: a fence older than the last renewal does not count" t_f_fence_older_than_renewal
+run_test "failover: two nodes start right after a fence, one wins"    t_f_race_after_fence
+run_test "failover: cut off but not fenced, the lease is never taken" t_f_cut_off_not_fenced
+rm -rf "$F_STATE"
