@@ -4,9 +4,10 @@
 //! A start refused at the lease may take it over when, and only when:
 //! 1. the resource leader on disk names an owner (host_id, generation) that
 //!    `[peer NAME] host_id` in ferry.conf maps to a node;
-//! 2. the cluster's fencing history (`stonith_admin --history NODE`) holds a
-//!    successful `off` or `reboot` of that node, completed after the last
-//!    renewal of its host lease that this node's sanlock daemon saw;
+//! 2. the cluster's fencing history (`stonith_admin --history NODE
+//!    --verbose`) holds a successful `off` or `reboot` of that node,
+//!    completed after the last renewal of its host lease that this node's
+//!    sanlock daemon saw;
 //! 3. the owner's host (delta) lease on disk still carries the owner's
 //!    generation and the very timestamp this node's daemon last saw: a node
 //!    that renewed since, or rejoined the lockspace (a new generation), is
@@ -363,7 +364,8 @@ fn xml_attr(tag: &str, name: &str) -> Option<String> {
     )
 }
 
-/// `stonith_admin --history NODE --output-as=xml`: its `fence_event`s.
+/// `stonith_admin --history NODE --verbose --output-as=xml`: its
+/// `fence_event`s.
 fn parse_history(xml: &str) -> Vec<Fence> {
     xml.split("<fence_event")
         .skip(1)
@@ -440,7 +442,9 @@ fn parse_time(s: &str, nsec: u32) -> Option<SystemTime> {
 async fn fence_history(node: &str) -> std::result::Result<Vec<Fence>, String> {
     let out = crate::cmd::run(
         "/usr/sbin/stonith_admin",
-        &["--history", node, "--output-as=xml"],
+        // Without --verbose, Pacemaker 2.1.5 lists one entry per target,
+        // and not always the latest (seen here: the older of two offs).
+        &["--history", node, "--verbose", "--output-as=xml"],
     )
     .await
     .map_err(|e| e.message())?;

@@ -13,7 +13,7 @@
 #   detection  crash → Pacemaker logs the node lost (Corosync token 1000 ms)
 #   fence      → the fence completed (stonith history, ns precision)
 #   lease      → the helper acquired the lease (audit line of the acquire)
-#   start      → the container answers (`ferry docker exec CID true`)
+#   start      → the container answers (`ferry docker SVC -- top CID`)
 #   total      crash → the container answers, with the ext4 live there
 #                (kernel: /sys/fs/ext4/<the survivor's loop device>)
 # and checks that the container id and a checksummed file are the same as
@@ -93,7 +93,7 @@ one_run() { # RUN
   "$LAB" crash "$holder" >"$WORK/crash.$run" 2>&1
   while (( $(now_ms) - t0 < 180000 )); do
     if [[ -z $t_ext4 && -e /sys/fs/ext4/$sdev ]]; then t_ext4=$(now_ms); fi
-    if [[ -n $t_ext4 ]] && root "$survivor" ferry docker busybox exec "$cid" true >/dev/null 2>&1; then
+    if [[ -n $t_ext4 ]] && root "$survivor" ferry docker busybox -- top "$cid" >/dev/null 2>&1; then
       t_ans=$(now_ms); break
     fi
     sleep 0.02

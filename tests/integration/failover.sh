@@ -92,7 +92,7 @@ t_f_fence_older_than_renewal() {
   expect_ok fence_from node2 node1
   # the holder renews every 2 x io_timeout (2 s): let it renew after the fence
   sleep 4
-  expect_ok root_on node2 stonith_admin --history node1 --output-as=xml
+  expect_ok root_on node2 stonith_admin --history node1 --verbose --output-as=xml
   contains 'status="success"'
   local before
   before=$(takeovers node2)
@@ -119,9 +119,12 @@ t_f_race_after_fence() {
   echo "measured: fence of node1 $(($(now_ms) - t0)) ms"
   ! ext4_on node1 || fail "node1 still has its ext4 after the fence"
   t0=$(now_ms)
+  local p2 p3
   ( as op node2 ferry start busybox >"$F_STATE/start2" 2>&1; echo $? >"$F_STATE/rc2" ) &
+  p2=$!
   ( as op node3 ferry start busybox >"$F_STATE/start3" 2>&1; echo $? >"$F_STATE/rc3" ) &
-  wait
+  p3=$!
+  wait "$p2" "$p3" || true
   echo "measured: both starts done $(($(now_ms) - t0)) ms after the fence"
   r2=$(cat "$F_STATE/rc2") r3=$(cat "$F_STATE/rc3")
   echo "node2: exit $r2; node3: exit $r3"
