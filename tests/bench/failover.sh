@@ -102,14 +102,14 @@ one_run() { # RUN
   [[ -n $t_ans ]] || die "run $run: the container did not answer on $survivor in 180 s"
   # the parts, from the survivor's logs
   local t_lost t_fence t_lease line
-  line=$(root "$survivor" grep -E "Node $holder state is now lost|$holder.*state is now lost" /var/log/pacemaker/pacemaker.log | tail -1)
-  t_lost=$(to_ms "$(date +%Y) $(awk '{print $1, $2, $3}' <<<"$line")") || t_lost=""
-  line=$(root "$survivor" stonith_admin --history "$holder" --output-as=xml | grep -o '<fence_event [^>]*status="success"[^>]*' | tail -1)
-  t_fence=$(to_ms "$(sed -n 's/.* completed="\([^"]*\)".*/\1/p' <<<"$line")") || t_fence=""
-  local nsec
-  nsec=$(sed -n 's/.* completed-nsec="\([0-9]*\)".*/\1/p' <<<"$line")
-  [[ -n $t_fence && -n $nsec ]] && t_fence=$((t_fence + nsec / 1000000))
-  line=$(root "$survivor" grep 'action="io.ferry.lease.acquire"' /var/log/ferry-helper.log | grep 'result=ok' | tail -1)
+  # Pacemaker's log: "Dec 01 22:10:37.503 node2 …", local time (UTC here),
+  # to the ms (the fence history's `completed` is cut to the second)
+  pcmk_ms() { to_ms "$(awk '{print $1, $2}' <<<"$1") $(date +%Y) $(awk '{print $3}' <<<"$1")"; }
+  line=$(root "$survivor" grep -E "Node $holder state is now lost" /var/log/pacemaker/pacemaker.log | head -1)
+  t_lost=$(pcmk_ms "$line") || t_lost=""
+  line=$(root "$survivor" grep -E "Operation 'off' targeting $holder by .*OK" /var/log/pacemaker/pacemaker.log | head -1)
+  t_fence=$(pcmk_ms "$line") || t_fence=""
+  line=$(root "$survivor" grep 'action="io.ferry.lease.acquire"' /var/log/ferry-helper.log | grep 'result="ok"' | tail -1)
   t_lease=$(to_ms "$(awk '{print $1}' <<<"$line")") || t_lease=""
   local takeover
   takeover=$(root "$survivor" grep -c 'io.ferry.lease.takeover' /var/log/ferry-helper.log || true)
