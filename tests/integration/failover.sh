@@ -141,6 +141,11 @@ t_f_race_after_fence() {
   [ "$(takeovers "$w")" -ge 1 ] || fail "$w started without a takeover audit line"
   root_on "$w" grep 'io.ferry.lease.takeover' /var/log/ferry-helper.log | tail -1 | grep -q 'fenced, off of node1 success' \
     || fail "the audit line does not name the fence"
+  local st
+  st=$(as op "$w" ferry status busybox 2>&1 || true)
+  echo "measured: $w's ferry status after the takeover: $(grep -E '^overall|^\|- (avail|sync)' <<<"$st" | tr -s ' ' | paste -sd';' -)"
+  grep -qE '^\|- avail +up' <<<"$st" || fail "ferry status on $w does not say up:
+$st"
   [ "$(container_id "$w")" = "$cid" ] || fail "container id changed: $cid → $(container_id "$w")"
   [ "$(root_on "$w" sha256sum /srv/busybox/check | cut -d' ' -f1)" = "$sum" ] || fail "the checksummed file differs"
   f_watch_stop
