@@ -158,15 +158,18 @@ t_f_cut_off_not_fenced() {
   w=$(cat "$F_STATE/winner")
   other=node2; [ "$w" = node2 ] && other=node3
   f_watch_start
+  # node1 is off: of three votes, the other node alone has one. Let its
+  # partition act without quorum, so that it does try to fence.
+  expect_ok root_on "$other" crm_attribute --type crm_config --name no-quorum-policy --update ignore
   expect_ok "$LAB" fence-mode fail
   expect_ok "$LAB" link "$w" down
   # until the cluster has tried (and failed) to fence it
   local i
-  for i in $(seq 1 40); do
-    root_on "$other" stonith_admin --history "$w" 2>/dev/null | grep -q "failed" && break
+  for i in $(seq 1 60); do
+    root_on "$other" stonith_admin --history "$w" --verbose 2>/dev/null | grep -q "failed" && break
     sleep 0.5
   done
-  expect_ok root_on "$other" stonith_admin --history "$w"
+  expect_ok root_on "$other" stonith_admin --history "$w" --verbose
   contains "failed"
   lacks "successful"
   refused_for "$other" 12
