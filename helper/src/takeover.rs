@@ -507,17 +507,32 @@ fn decide<'a>(
             "the cluster has no successful off or reboot of {node}"
         ));
     }
-    fences
-        .into_iter()
+    let after = fences
+        .iter()
         .filter(|f| f.completed.is_some_and(|c| c > seen_by))
-        .max_by_key(|f| f.completed)
-        .ok_or_else(|| {
-            format!(
-                "every successful fence of {node} completed before its last renewal seen here \
-                 ({}): it may have come back",
-                wall(seen_by)
-            )
-        })
+        .max_by_key(|f| f.completed);
+    if let Some(f) = after {
+        return Ok(f);
+    }
+    // Pacemaker 2.1.5 gives `completed` in whole seconds: a fence in the
+    // same second as the bound may have come after it, or not.
+    let close = fences.iter().any(|f| {
+        f.completed
+            .is_some_and(|c| c + Duration::from_secs(1) > seen_by)
+    });
+    Err(if close {
+        format!(
+            "the latest fence of {node} completed within a second of its last renewal seen here \
+             ({}), and the fencing history gives whole seconds: cannot tell which came first",
+            wall(seen_by)
+        )
+    } else {
+        format!(
+            "every successful fence of {node} completed before its last renewal seen here \
+             ({}): it may have come back",
+            wall(seen_by)
+        )
+    })
 }
 
 fn wall(t: SystemTime) -> String {
@@ -532,15 +547,13 @@ fn wall(t: SystemTime) -> String {
     )
 }
 
-fn blocking_io<T: Send + 'static>(
+async fn blocking_io<T: Send + 'static>(
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> impl std::future::Future<Output = std::result::Result<T, String>> {
-    async move {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
-    }
+) -> std::result::Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
 }
 
 /// Is the lease's owner (another node) one the cluster fenced? `Ok(None)`:
@@ -826,9 +839,13 @@ mod tests {
         assert!(decide("node1", &owner, &host, &seen, by, &ok).is_ok());
         let reboot = [fence("success", "reboot", 1001)];
         assert!(decide("node1", &owner, &host, &seen, by, &reboot).is_ok());
-        // older than the last renewal seen
-        let old = [fence("success", "off", 999)];
-        assert!(decide("node1", &owner, &host, &seen, by, &old).is_err());
+        // older than the last renewal seen, or in the same second
+        let old = [fence("success", "off", 998)];
+        let e = decide("node1", &owner, &host, &seen, by, &old).expect_err("older");
+        assert!(e.contains("completed before"), "{e}");
+        let same = [fence("success", "off", 1000)];
+        let e = decide("node1", &owner, &host, &seen, by, &same).expect_err("same second");
+        assert!(e.contains("cannot tell"), "{e}");
         // failed, or not a power-off, or another node
         for f in [fence("failed", "off", 1001), fence("success", "on", 1001)] {
             assert!(decide("node1", &owner, &host, &seen, by, &[f]).is_err());
