@@ -422,22 +422,20 @@ async fn acquire(reg: &Registry, svc: &ServiceConfig, c: &LeaseConfig) -> Result
     if held_by_us(&area).await? {
         return Ok(vec![format!("lease {} is already held here", area.label())]);
     }
-    let e = match acquire_once(&area).await? {
+    let mut e = match acquire_once(&area).await? {
         Ok(()) => return Ok(vec![format!("acquire lease {}", area.label())]),
         Err(e) => e,
     };
     forget_registration_on(&e);
     // A holder the cluster fenced: free its host lease, then once more.
-    let e = match e.is_held_elsewhere() {
-        true => match crate::takeover::free_fenced_holder(reg, svc).await? {
-            Some(freed) => match acquire_once(&area).await? {
+    if e.is_held_elsewhere() {
+        if let Some(freed) = crate::takeover::free_fenced_holder(reg, svc).await? {
+            match acquire_once(&area).await? {
                 Ok(()) => return Ok(vec![freed, format!("acquire lease {}", area.label())]),
-                Err(e) => e,
-            },
-            None => e,
-        },
-        false => e,
-    };
+                Err(again) => e = again,
+            }
+        }
+    }
     if e.is_orphan_here() && readopt(reg, &area).await? {
         return Ok(vec![format!(
             "re-adopt this node's orphaned lease {}",
