@@ -5,13 +5,26 @@
 //! 1. the resource leader on disk names an owner (host_id, generation) that
 //!    `[peer NAME] host_id` in ferry.conf maps to a node;
 //! 2. the cluster's fencing history (`stonith_admin --history NODE
-//!    --verbose`) holds a successful `off` or `reboot` of that node,
-//!    completed after the last renewal of its host lease that this node's
-//!    sanlock daemon saw;
+//!    --verbose`) holds a successful `off` or `reboot` of that node whose
+//!    completion second S (whole seconds, floored) is at or after the
+//!    instant this node saw its last renewal;
 //! 3. the owner's host (delta) lease on disk still carries the owner's
 //!    generation and the very timestamp this node's daemon last saw: a node
 //!    that renewed since, or rejoined the lockspace (a new generation), is
 //!    alive and is not treated as fenced.
+//!
+//! "Saw": the helper's own watch (`watch_holders`) reads each
+//! held-elsewhere lease's holder's delta lease every 250 ms (O_DIRECT, CRC
+//! checked) and keeps the wall-clock end of the read that first showed its
+//! current (generation, timestamp). Why that is safe: the renewal wrote
+//! that timestamp no later than our read, the fence completed no earlier
+//! than S, so S >= the read puts the power-off after the renewal; and rule
+//! 3 says no renewal came after it. The fencer's and this node's wall
+//! clocks are assumed in step (NTP) to well under the ~1 s margin a real
+//! fence leaves. Without a record (the helper just started), the bound is
+//! sanlock's `last_live` (whole monotonic seconds, read only at the
+//! daemon's own renewals: up to 2 x io_timeout + 1 s late, so a fence that
+//! close is "cannot tell" and the start waits for the expiry).
 //!
 //! The helper checks all of it itself, never on a caller's word. It then
 //! frees that host's delta lease as sanlock 3.8's `sanlock direct
@@ -27,8 +40,10 @@
 //! command that fails, a record that does not parse), nothing is written:
 //! the start fails as before and the lease frees itself at expiry.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_core::config::{LeaseConfig, ResourceConfig, ServiceConfig};
@@ -322,6 +337,152 @@ fn last_renewal_wall_bound(last_live: u64) -> SystemTime {
     }
 }
 
+// ------------------------------------------- what this node's watch saw
+
+/// The holder's host lease as the helper's own watch last saw it change:
+/// `seen_at` is the wall-clock end of the read that first showed this
+/// (generation, timestamp), so the renewal that wrote it came no later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watched {
+    pub generation: u64,
+    pub timestamp: u64,
+    pub seen_at: SystemTime,
+}
+
+/// (lockspace, host_id) -> the latest change seen. Written by the watch,
+/// read by `check`.
+static WATCHED: Mutex<BTreeMap<(String, u64), Watched>> = Mutex::new(BTreeMap::new());
+
+/// How often the watch reads a held-elsewhere lease's holder: sanlock's
+/// renewal period is 2 x io_timeout, so this bounds the gap between a
+/// renewal and our record of it to one tick plus a read.
+const WATCH_TICK: Duration = Duration::from_millis(250);
+/// How often it re-reads each service's resource leader to learn who holds
+/// it (another host: watch that host; ours, free, gone: stop).
+const OWNER_EVERY: u32 = 8;
+
+fn watched(lockspace: &str, host_id: u64) -> Option<Watched> {
+    let map = WATCHED.lock().unwrap_or_else(|p| p.into_inner());
+    map.get(&(lockspace.to_string(), host_id)).copied()
+}
+
+/// Record one read of a host lease; a record only moves when the host's
+/// generation or timestamp changed.
+fn note_read(lockspace: &str, host: &Leader, at: SystemTime) {
+    let mut map = WATCHED.lock().unwrap_or_else(|p| p.into_inner());
+    let key = (lockspace.to_string(), host.owner_id);
+    let same = map
+        .get(&key)
+        .is_some_and(|w| (w.generation, w.timestamp) == (host.generation, host.timestamp));
+    if !same {
+        map.insert(
+            key,
+            Watched {
+                generation: host.generation,
+                timestamp: host.timestamp,
+                seen_at: at,
+            },
+        );
+    }
+}
+
+fn forget(lockspace: &str) {
+    let mut map = WATCHED.lock().unwrap_or_else(|p| p.into_inner());
+    map.retain(|(ls, _), _| ls != lockspace);
+}
+
+/// One held-elsewhere lease under watch.
+struct Holder {
+    area: Area,
+    host_id: u64,
+    /// Byte offset of the holder's delta lease, and its sector size.
+    at: u64,
+    sector_size: usize,
+    file: File,
+}
+
+/// Who holds `area`'s lease, when it is another host: its delta lease's
+/// place, read once. `Ok(None)`: free, ours, or its holder's lease is free.
+fn holder_of(area: &Area, me: Option<u64>) -> std::io::Result<Option<Holder>> {
+    let file = open_direct(&area.dev, false)?;
+    let raw = read_sector(&file, area.res_offset, IO_ALIGN)?;
+    let Ok(owner) = parse_leader(&raw, PAXOS_DISK_MAGIC, &area.lockspace) else {
+        return Ok(None);
+    };
+    if owner.timestamp == 0 || owner.owner_id == 0 || Some(owner.owner_id) == me {
+        return Ok(None);
+    }
+    let first = read_sector(&file, area.ls_offset, IO_ALIGN)?;
+    let Ok(l) = parse_leader(&first, DELTA_DISK_MAGIC, &area.lockspace) else {
+        return Ok(None);
+    };
+    Ok(Some(Holder {
+        area: area.clone(),
+        host_id: owner.owner_id,
+        at: area.ls_offset + (owner.owner_id - 1) * l.sector_size as u64,
+        sector_size: l.sector_size,
+        file,
+    }))
+}
+
+/// The watch (spawned once by main): for each service whose lease another
+/// host holds, read that host's delta lease every WATCH_TICK and record
+/// when it last changed. One sector per held-elsewhere lease per tick, one
+/// resource-leader read per service every OWNER_EVERY ticks, nothing else.
+pub async fn watch_holders(reg: std::sync::Arc<Registry>) {
+    let mut holders: Vec<Holder> = Vec::new();
+    let mut tick: u32 = 0;
+    loop {
+        if tick % OWNER_EVERY == 0 {
+            let areas: Vec<Area> = reg
+                .service_names()
+                .iter()
+                .filter_map(|n| reg.service(n).ok())
+                .filter_map(|s| Area::of(&s).map(|(_, a)| a))
+                .collect();
+            let me = reg.node_conf().host_id;
+            let old: Vec<String> = holders.iter().map(|h| h.area.lockspace.clone()).collect();
+            holders = match tokio::task::spawn_blocking(move || {
+                areas
+                    .iter()
+                    .filter_map(|a| holder_of(a, me).ok().flatten())
+                    .collect::<Vec<Holder>>()
+            })
+            .await
+            {
+                Ok(h) => h,
+                Err(_) => Vec::new(),
+            };
+            for ls in old {
+                if !holders.iter().any(|h| h.area.lockspace == ls) {
+                    forget(&ls);
+                }
+            }
+        }
+        tick = tick.wrapping_add(1);
+        if !holders.is_empty() {
+            let batch = std::mem::take(&mut holders);
+            holders = tokio::task::spawn_blocking(move || {
+                for h in &batch {
+                    let Ok(raw) = read_sector(&h.file, h.at, h.sector_size) else {
+                        continue;
+                    };
+                    let at = SystemTime::now();
+                    if let Ok(l) = parse_leader(&raw, DELTA_DISK_MAGIC, &h.area.lockspace) {
+                        if l.owner_id == h.host_id {
+                            note_read(&h.area.lockspace, &l, at);
+                        }
+                    }
+                }
+                batch
+            })
+            .await
+            .unwrap_or_default();
+        }
+        tokio::time::sleep(WATCH_TICK).await;
+    }
+}
+
 // ------------------------------------------------------ the fence history
 
 /// One fencing action from the cluster's history.
@@ -470,17 +631,20 @@ pub struct Fenced {
     pub timestamp: u64,
     pub fence: Fence,
     pub last_seen_by: SystemTime,
+    /// Who saw that renewal: this helper's watch, or sanlock's daemon.
+    pub seen_from: &'static str,
 }
 
 /// The rule, on what was read: `Ok(fence)` only for a successful off or
-/// reboot of `node` completed after `seen_by`, with the holder's host lease
-/// on disk still the one the resource lease names and the one this node's
-/// daemon last saw.
+/// reboot of `node` completed at or after `seen_by` (its whole second
+/// counts, floored), with the holder's host lease on disk still the one the
+/// resource lease names and the one this node last saw, `seen` =
+/// (generation, timestamp).
 fn decide<'a>(
     node: &str,
     owner: &Leader,
     host: &Leader,
-    seen: &Seen,
+    seen: (u64, u64),
     seen_by: SystemTime,
     history: &'a [Fence],
 ) -> std::result::Result<&'a Fence, String> {
@@ -491,11 +655,11 @@ fn decide<'a>(
             owner.owner_id, host.generation, host.owner_id, owner.generation
         ));
     }
-    if seen.generation != owner.generation || seen.timestamp != host.timestamp {
+    if seen != (owner.generation, host.timestamp) {
         return Err(format!(
             "host_id {} renewed since this node last looked (seen: generation {} timestamp {}, \
              disk: generation {} timestamp {}): it is alive",
-            owner.owner_id, seen.generation, seen.timestamp, host.generation, host.timestamp
+            owner.owner_id, seen.0, seen.1, host.generation, host.timestamp
         ));
     }
     let fences: Vec<&Fence> = history
@@ -509,7 +673,7 @@ fn decide<'a>(
     }
     let after = fences
         .iter()
-        .filter(|f| f.completed.is_some_and(|c| c > seen_by))
+        .filter(|f| f.completed.is_some_and(|c| c >= seen_by))
         .max_by_key(|f| f.completed);
     if let Some(f) = after {
         return Ok(f);
@@ -583,10 +747,27 @@ async fn check(reg: &Registry, area: &Area) -> std::result::Result<Option<Fenced
                 owner.owner_id
             )
         })?;
-    let seen = daemon_saw(&area.lockspace, owner.owner_id).await?;
-    let seen_by = last_renewal_wall_bound(seen.last_live);
+    // The watch's record when it saw what the disk still says; else the
+    // daemon's coarser one (the helper just started, or the watch lagged).
+    let (seen, seen_by, seen_from) = match watched(&area.lockspace, owner.owner_id)
+        .filter(|w| (w.generation, w.timestamp) == (host.generation, host.timestamp))
+    {
+        Some(w) => (
+            (w.generation, w.timestamp),
+            w.seen_at,
+            "this helper's watch",
+        ),
+        None => {
+            let s = daemon_saw(&area.lockspace, owner.owner_id).await?;
+            (
+                (s.generation, s.timestamp),
+                last_renewal_wall_bound(s.last_live),
+                "this node's sanlock daemon",
+            )
+        }
+    };
     let history = fence_history(&node).await?;
-    let fence = decide(&node, &owner, &host, &seen, seen_by, &history)?.clone();
+    let fence = decide(&node, &owner, &host, seen, seen_by, &history)?.clone();
     Ok(Some(Fenced {
         node,
         host_id: owner.owner_id,
@@ -594,6 +775,7 @@ async fn check(reg: &Registry, area: &Area) -> std::result::Result<Option<Fenced
         timestamp: host.timestamp,
         fence,
         last_seen_by: seen_by,
+        seen_from,
     }))
 }
 
@@ -633,11 +815,12 @@ pub async fn free_fenced_holder(reg: &Registry, svc: &ServiceConfig) -> Result<O
     let written = blocking_io(move || compare_and_free(&a, &want)).await;
     let line = format!(
         "free the host lease of {} (host_id {}, generation {}, timestamp {}, last renewal seen \
-         here by {}): fenced, {}",
+         by {} at {}): fenced, {}",
         f.node,
         f.host_id,
         f.generation,
         f.timestamp,
+        f.seen_from,
         wall(f.last_seen_by),
         f.fence.describe()
     );
@@ -829,29 +1012,36 @@ mod tests {
             ls,
         )
         .expect("valid");
-        let seen = Seen {
-            generation: 3,
-            timestamp: 3583,
-            last_live: 0,
-        };
+        let seen = (3, 3583);
         let by = UNIX_EPOCH + Duration::from_secs(1000);
         let ok = [fence("success", "off", 1001)];
-        assert!(decide("node1", &owner, &host, &seen, by, &ok).is_ok());
+        assert!(decide("node1", &owner, &host, seen, by, &ok).is_ok());
         let reboot = [fence("success", "reboot", 1001)];
-        assert!(decide("node1", &owner, &host, &seen, by, &reboot).is_ok());
+        assert!(decide("node1", &owner, &host, seen, by, &reboot).is_ok());
         // older than the last renewal seen, or in the same second
         let old = [fence("success", "off", 998)];
-        let e = decide("node1", &owner, &host, &seen, by, &old).expect_err("older");
+        let e = decide("node1", &owner, &host, seen, by, &old).expect_err("older");
         assert!(e.contains("completed before"), "{e}");
+        // the whole second of the bound itself counts: the fence completed
+        // no earlier than that second's start, the renewal no later
         let same = [fence("success", "off", 1000)];
-        let e = decide("node1", &owner, &host, &seen, by, &same).expect_err("same second");
+        assert!(decide("node1", &owner, &host, seen, by, &same).is_ok());
+        let e = decide(
+            "node1",
+            &owner,
+            &host,
+            seen,
+            by + Duration::from_millis(300),
+            &same,
+        )
+        .expect_err("in the second before the bound");
         assert!(e.contains("cannot tell"), "{e}");
         // failed, or not a power-off, or another node
         for f in [fence("failed", "off", 1001), fence("success", "on", 1001)] {
-            assert!(decide("node1", &owner, &host, &seen, by, &[f]).is_err());
+            assert!(decide("node1", &owner, &host, seen, by, &[f]).is_err());
         }
-        assert!(decide("node3", &owner, &host, &seen, by, &ok).is_err());
-        assert!(decide("node1", &owner, &host, &seen, by, &[]).is_err());
+        assert!(decide("node3", &owner, &host, seen, by, &ok).is_err());
+        assert!(decide("node1", &owner, &host, seen, by, &[]).is_err());
         // back again: a new generation on disk
         let back = parse_leader(
             &record(DELTA_DISK_MAGIC, ls, 1, 4, 12),
@@ -859,18 +1049,83 @@ mod tests {
             ls,
         )
         .expect("valid");
-        let seen4 = Seen {
-            generation: 4,
-            timestamp: 12,
-            last_live: 0,
-        };
-        assert!(decide("node1", &owner, &back, &seen4, by, &ok).is_err());
+        let seen4 = (4, 12);
+        assert!(decide("node1", &owner, &back, seen4, by, &ok).is_err());
         // renewed since this node's daemon last looked
-        let later = Seen {
-            timestamp: 3581,
-            ..seen
-        };
-        assert!(decide("node1", &owner, &host, &later, by, &ok).is_err());
+        let later = (3, 3581);
+        assert!(decide("node1", &owner, &host, later, by, &ok).is_err());
+    }
+
+    #[test]
+    fn the_watch_bound_lets_a_fence_just_after_the_renewal_count() {
+        let ls = "ferry-watchtest";
+        let owner = parse_leader(
+            &record(PAXOS_DISK_MAGIC, ls, 1, 3, 50),
+            PAXOS_DISK_MAGIC,
+            ls,
+        )
+        .expect("valid");
+        let host = parse_leader(
+            &record(DELTA_DISK_MAGIC, ls, 1, 3, 3583),
+            DELTA_DISK_MAGIC,
+            ls,
+        )
+        .expect("valid");
+        let t = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+        // the watch reads timestamp 3583 first at 999.8 s, and again later
+        assert_eq!(watched(ls, 1), None);
+        note_read(ls, &host, t(999_800));
+        note_read(ls, &host, t(1_000_050));
+        let w = watched(ls, 1).expect("recorded");
+        assert_eq!(
+            (w.generation, w.timestamp, w.seen_at),
+            (3, 3583, t(999_800))
+        );
+        // a fence completed "1000" (whole seconds) counts: 1000 >= 999.8
+        let fence_at_1000 = [fence("success", "off", 1000)];
+        let seen = (w.generation, w.timestamp);
+        assert!(decide("node1", &owner, &host, seen, w.seen_at, &fence_at_1000).is_ok());
+        // the daemon's bound for the same renewal (last_live cut to the
+        // second, + 1, and read at its own renewal up to 2 s later) lies
+        // past that second: the case that waited for the expiry before
+        let daemon_by = t(1_002_000);
+        let e = decide("node1", &owner, &host, seen, daemon_by, &fence_at_1000)
+            .expect_err("daemon bound");
+        assert!(e.contains("before"), "{e}");
+        // a fence in the second before the watch's read cannot be placed
+        let fence_at_999 = [fence("success", "off", 999)];
+        let e = decide("node1", &owner, &host, seen, w.seen_at, &fence_at_999)
+            .expect_err("same second");
+        assert!(e.contains("cannot tell"), "{e}");
+        // a renewal moves the record to the read that showed it
+        let renewed = parse_leader(
+            &record(DELTA_DISK_MAGIC, ls, 1, 3, 3585),
+            DELTA_DISK_MAGIC,
+            ls,
+        )
+        .expect("valid");
+        note_read(ls, &renewed, t(1_001_900));
+        let w = watched(ls, 1).expect("recorded");
+        assert_eq!((w.timestamp, w.seen_at), (3585, t(1_001_900)));
+        // ... and the old fence no longer counts; nor on a new generation
+        assert!(decide(
+            "node1",
+            &owner,
+            &renewed,
+            (3, 3585),
+            w.seen_at,
+            &fence_at_1000
+        )
+        .is_err());
+        let back = parse_leader(&record(DELTA_DISK_MAGIC, ls, 1, 4, 5), DELTA_DISK_MAGIC, ls)
+            .expect("valid");
+        note_read(ls, &back, t(1_005_000));
+        let w = watched(ls, 1).expect("recorded");
+        assert_eq!((w.generation, w.seen_at), (4, t(1_005_000)));
+        let late = [fence("success", "off", 1006)];
+        assert!(decide("node1", &owner, &back, (4, 5), w.seen_at, &late).is_err());
+        forget(ls);
+        assert_eq!(watched(ls, 1), None);
     }
 
     #[test]
