@@ -433,7 +433,7 @@ pub async fn watch_holders(reg: std::sync::Arc<Registry>) {
     let mut holders: Vec<Holder> = Vec::new();
     let mut tick: u32 = 0;
     loop {
-        if tick % OWNER_EVERY == 0 {
+        if tick.is_multiple_of(OWNER_EVERY) {
             let areas: Vec<Area> = reg
                 .service_names()
                 .iter()
@@ -442,17 +442,14 @@ pub async fn watch_holders(reg: std::sync::Arc<Registry>) {
                 .collect();
             let me = reg.node_conf().host_id;
             let old: Vec<String> = holders.iter().map(|h| h.area.lockspace.clone()).collect();
-            holders = match tokio::task::spawn_blocking(move || {
+            holders = tokio::task::spawn_blocking(move || {
                 areas
                     .iter()
                     .filter_map(|a| holder_of(a, me).ok().flatten())
                     .collect::<Vec<Holder>>()
             })
             .await
-            {
-                Ok(h) => h,
-                Err(_) => Vec::new(),
-            };
+            .unwrap_or_default();
             for ls in old {
                 if !holders.iter().any(|h| h.area.lockspace == ls) {
                     forget(&ls);
