@@ -38,6 +38,9 @@ takeovers() { # NODE → how many takeover audit lines its helper wrote
 fence_from() { # FENCER NODE: ask the cluster to power NODE off, wait for the answer
   root_on "$1" stonith_admin --fence "$2" --timeout 30
 }
+# `sanlock direct dump` of the lockspace: host HOST_ID's delta lease, field
+# N (4 timestamp, 6 generation), as a number.
+host_field() { awk -v id="$1" -v n="$2" '$1 + 0 < 1048576 && $5 + 0 == id { print $n + 0; exit }'; } # HOST_ID N
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 # A start refused for the whole of SECONDS, and the ext4 never live there.
 refused_for() { # NODE SECONDS
@@ -118,9 +121,7 @@ t_f_race_after_fence() {
   expect_ok "$LAB" fence-mode normal
   f_watch_start
   # node1 loses power, and is fenced once the others have noticed (the
-  # cluster's own fence comes ~2.3 s after; this one ~3 s after). The
-  # fencing history gives whole seconds: a fence within a second of the
-  # last renewal seen cannot be told apart from one before it (README).
+  # cluster's own fence comes ~2.3 s after; this one ~3 s after).
   "$LAB" crash node1 >/dev/null
   sleep 3
   t0=$(now_ms)
@@ -184,9 +185,53 @@ t_f_cut_off_not_fenced() {
   expect_ok "$LAB" fence-mode normal
 }
 
+# The holder fenced, then back again before anyone started: its sanlock
+# daemon joins the lockspace anew (a new generation, once its old host
+# lease has expired: ~70 s), as a rebooted node's would. Its old resource
+# lease names the old generation; the start elsewhere goes on without a
+# takeover (sanlock's own rule: a newer generation holds nothing), and the
+# back-again node's host lease is never freed.
+t_f_back_again_not_fenced() {
+  local w other hid before ls=ferry-busybox st1 st2 ts1 ts2 gen_old gen_new t0
+  w=$(cat "$F_STATE/winner")
+  hid=${w#node}
+  other=node2; [ "$w" = node2 ] && other=node3
+  f_watch_start
+  expect_ok "$LAB" fence-mode normal
+  expect_ok fence_from "$other" "$w"
+  ! ext4_on "$w" || fail "$w still has its ext4 after the fence"
+  expect_ok root_on "$other" sanlock direct dump /run/ferry-lab/disks/lease0:0
+  gen_old=$(host_field "$hid" 6 <<<"$OUT")
+  # back again: its sanlock daemon, and the lockspace joined as the helper does
+  expect_ok "$LAB" start-sanlock "$w"
+  t0=$(now_ms)
+  expect_ok root_on "$w" sanlock client add_lockspace -s "$ls:$hid:/run/ferry-lab/disks/lease0:0" -o 1
+  echo "measured: $w joined the lockspace again after $(($(now_ms) - t0)) ms (its old host lease had to expire)"
+  expect_ok root_on "$w" sanlock direct dump /run/ferry-lab/disks/lease0:0
+  gen_new=$(host_field "$hid" 6 <<<"$OUT")
+  echo "measured: $w's generation $gen_old before, $gen_new back again"
+  [ -n "$gen_new" ] && [ "$gen_new" -gt "${gen_old:-0}" ] || fail "no new generation for $w: $OUT"
+  before=$(takeovers "$other")
+  t0=$(now_ms)
+  expect_ok as op "$other" ferry start busybox
+  echo "measured: $other's start $(($(now_ms) - t0)) ms"
+  [ "$(takeovers "$other")" = "$before" ] || fail "$other took over the lease of $w, which is back (new generation)"
+  ext4_on "$other" || fail "$other has no ext4 after its start"
+  # the back-again node's host lease: not freed, and renewing
+  st1=$(root_on "$other" sanlock direct dump /run/ferry-lab/disks/lease0:0)
+  sleep 3
+  st2=$(root_on "$other" sanlock direct dump /run/ferry-lab/disks/lease0:0)
+  ts1=$(host_field "$hid" 4 <<<"$st1")
+  ts2=$(host_field "$hid" 4 <<<"$st2")
+  echo "measured: $w's host lease timestamp $ts1, 3 s later $ts2"
+  [ -n "$ts1" ] && [ "$ts1" != 0 ] && [ -n "$ts2" ] && [ "$ts2" -gt "$ts1" ] || fail "$w's host lease was freed or stopped: $st2"
+  f_watch_stop
+}
+
 run_test "failover: three nodes, fencing configured"                  t_f_setup
 run_test "failover: ocf start returns once monitor and status say up" t_f_ocf_start_then_monitor
 run_test "failover: a fence older than the last renewal does not count" t_f_fence_older_than_renewal
 run_test "failover: two nodes start right after a fence, one wins"    t_f_race_after_fence
 run_test "failover: cut off but not fenced, the lease is never taken" t_f_cut_off_not_fenced
+run_test "failover: fenced and back again (new generation), not fenced" t_f_back_again_not_fenced
 rm -rf "$F_STATE"
