@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PREFIX ?= /usr/local
 
-.PHONY: all build deps demo check lint unit integration bench soak install clean lab-down deb deb-assets deb-lint package-test dbus-interfaces fuzz fuzz-short
+.PHONY: all build deps demo check lint unit integration bench bench-failover soak install clean lab-down deb deb-assets deb-lint package-test dbus-interfaces fuzz fuzz-short
 
 all: build
 
@@ -43,6 +43,10 @@ fuzz: deps
 
 bench: deps build
 	bash tests/bench/relocate.sh
+
+# Five power losses of the running node under Pacemaker (issue 13).
+bench-failover: deps build
+	bash tests/bench/failover.sh $(or $(RUNS),5)
 
 # Not in check: N relocations with a checksummed file, e2fsck -fn at the end.
 soak: deps build

@@ -6,7 +6,9 @@
 //! The rules, in full:
 //! 0. The address is added only where no other node holds the lease: a
 //!    start that would be refused at the lease fails before it touches
-//!    anything.
+//!    anything. A holder whose host lease is free on disk holds nothing;
+//!    nor does one the cluster fenced after its last renewal, whose lease
+//!    the acquire then takes over (takeover.rs).
 //! 1. Nothing on shared storage (VG tag, activation or reservation, mount,
 //!    the private docker daemon, a container) is taken unless every address
 //!    of the service is up here **and** its lease, when it has one, is held
@@ -90,6 +92,9 @@ pub async fn check(ctx: &ResCtx, action: &str) -> Result<()> {
     match change {
         Change::TakeAddress => {
             if let Some(held) = crate::lease::held_elsewhere(&ctx.reg, &svc).await? {
+                if crate::takeover::holder_holds_nothing(&ctx.reg, &svc).await {
+                    return Ok(());
+                }
                 return Err(HelperError::LeaseHeld(format!(
                     "{}: refusing to add the address on {} for service '{}': {held}",
                     ctx.rid,

@@ -534,32 +534,30 @@ async fn acquire(reg: &Registry, svc: &ServiceConfig, c: &LeaseConfig) -> Result
     if held_by_us(&area) {
         return Ok(vec![format!("lease {} is already held here", area.label())]);
     }
-    let a = area.clone();
-    let taken = blocking(move || {
-        let (id, r) = registration_with_id()?;
-        r.acquire(
-            &a.lockspace,
-            LeaseConfig::RESOURCE,
-            &a.resource_disk(),
-            AcquireFlags {
-                persistent: true,
-                orphan: false,
-                // A refusal must come at once, not after 2 x io_timeout.
-                owner_nowait: true,
-            },
-        )
-        .map(|()| id)
-    })
-    .await?;
-    let e = match taken {
+    let taken = |id| {
+        set_held(&area, &svc.name, rid, id);
+        clear_loss(&svc.name);
+    };
+    let mut e = match acquire_once(&area).await? {
         Ok(id) => {
-            set_held(&area, &svc.name, rid, id);
-            clear_loss(&svc.name);
+            taken(id);
             return Ok(vec![format!("acquire lease {}", area.label())]);
         }
         Err(e) => e,
     };
     forget_registration_on(&e);
+    // A holder the cluster fenced: free its host lease, then once more.
+    if e.is_held_elsewhere() {
+        if let Some(freed) = crate::takeover::free_fenced_holder(reg, svc).await? {
+            match acquire_once(&area).await? {
+                Ok(id) => {
+                    taken(id);
+                    return Ok(vec![freed, format!("acquire lease {}", area.label())]);
+                }
+                Err(again) => e = again,
+            }
+        }
+    }
     if e.is_orphan_here() && readopt(reg, &area, &svc.name, rid).await? {
         clear_loss(&svc.name);
         return Ok(vec![format!(
@@ -591,6 +589,28 @@ async fn acquire(reg: &Registry, svc: &ServiceConfig, c: &LeaseConfig) -> Result
         "cannot acquire lease {}: {e}",
         area.label()
     )))
+}
+
+/// One acquire through the current registration: the registration's id
+/// with the lease, or sanlock's refusal.
+async fn acquire_once(area: &Area) -> Result<std::result::Result<u64, SanlockError>> {
+    let a = area.clone();
+    blocking(move || {
+        let (id, r) = registration_with_id()?;
+        r.acquire(
+            &a.lockspace,
+            LeaseConfig::RESOURCE,
+            &a.resource_disk(),
+            AcquireFlags {
+                persistent: true,
+                orphan: false,
+                // A refusal must come at once, not after 2 x io_timeout.
+                owner_nowait: true,
+            },
+        )
+        .map(|()| id)
+    })
+    .await
 }
 
 async fn release(reg: &Registry, svc: &ServiceConfig, c: &LeaseConfig) -> Result<Vec<String>> {

@@ -26,6 +26,7 @@ mod registry;
 mod sanlock;
 mod service;
 mod status_cache;
+mod takeover;
 mod vg;
 
 use std::path::{Path, PathBuf};
@@ -103,6 +104,8 @@ async fn run() -> Result<(), String> {
         format!("cannot own {BUS_NAME}: {e} (is the bus policy installed, and are we root?)")
     })?;
     info!(node = %node, dir = %dir.display(), services = ?services, "ferry-helper ready on {BUS_NAME}");
+    // Sub-second record of other hosts' lease renewals, for the takeover.
+    tokio::spawn(takeover::watch_holders(reg.clone()));
 
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
