@@ -138,10 +138,18 @@ t_f_race_after_fence() {
   echo "measured: both starts done $(($(now_ms) - t0)) ms after the fence"
   r2=$(cat "$F_STATE/rc2") r3=$(cat "$F_STATE/rc3")
   echo "node2: exit $r2; node3: exit $r3"
+  # shown only when the test fails: what each start and each helper said
+  local k
+  for k in 2 3; do
+    echo "--- node$k's start:"; cat "$F_STATE/start$k"
+    echo "--- node$k's helper on the lease:"
+    root_on node$k grep -E 'takeover|taken over|lease' /var/log/ferry-helper.log | tail -8 || true
+  done
+  echo "--- the power switch:"; tail -6 /var/tmp/ferry-lab/power/log 2>/dev/null || true
   [ "$(live_count)" = 1 ] || fail "the ext4 is live on $(live_count) nodes"
   if [ "$r2" = 0 ] && [ "$r3" != 0 ]; then echo node2 >"$F_STATE/winner"
   elif [ "$r3" = 0 ] && [ "$r2" != 0 ]; then echo node3 >"$F_STATE/winner"
-  else cat "$F_STATE/start2" "$F_STATE/start3"; fail "not exactly one winner (node2 $r2, node3 $r3)"; fi
+  else fail "not exactly one winner (node2 $r2, node3 $r3)"; fi
   local w
   w=$(cat "$F_STATE/winner")
   ext4_on "$w" || fail "the winner $w has no ext4"
