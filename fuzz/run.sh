@@ -6,7 +6,10 @@
 #   fuzz/run.sh long [T…]     each target (or T…) until FUZZ_RUNS executions
 #                             (default 10 million), with AddressSanitizer when
 #                             a nightly toolchain is there; prints the counts
-#                             (FUZZ_MAX_TIME=S: stop a target after S seconds)
+#                             (FUZZ_MAX_TIME=S: stop a target after S seconds;
+#                             FUZZ_TRACE_COMPARES=0: without comparison
+#                             tracing, about twice the executions a second,
+#                             for a corpus that already has the keywords)
 #   fuzz/run.sh cmin          fuzz/corpus/ = the seeds, the repo's config
 #                             fixtures, what long runs found, minimized
 #                             (cargo fuzz cmin)
@@ -73,17 +76,19 @@ long)
   ((${#@})) && TARGETS=("$@")
   san=$(toolchain)
   runs=${FUZZ_RUNS:-10000000}
-  fuzz "$san" build
+  build=()
+  [[ ${FUZZ_TRACE_COMPARES:-1} == 0 ]] && build=(--no-trace-compares --target-dir fuzz/target/no-trace-compares)
+  fuzz "$san" build "${build[@]}"
   mkdir -p "${FUZZ_LOGS:-fuzz/logs}"
   for t in "${TARGETS[@]}"; do
     log="${FUZZ_LOGS:-fuzz/logs}/$t.log"
-    echo "fuzz: $t: $runs executions, sanitizer $san, log $log"
+    echo "fuzz: $t: $runs executions, sanitizer $san, max_len $MAX_LEN, trace-compares ${FUZZ_TRACE_COMPARES:-1}, log $log"
     # New inputs go to a scratch corpus: `fuzz/run.sh cmin` folds them into
     # the kept one.
     scratch="fuzz/target/corpus-$t"
     mkdir -p "$scratch"
     start=$(date +%s)
-    fuzz "$san" run "$t" "$scratch" "fuzz/corpus/$t" -- -max_len="$MAX_LEN" \
+    fuzz "$san" run "${build[@]}" "$t" "$scratch" "fuzz/corpus/$t" -- -max_len="$MAX_LEN" \
       -runs="$runs" -max_total_time="${FUZZ_MAX_TIME:-0}" -print_final_stats=1 >"$log" 2>&1 || {
       tail -n 40 "$log" >&2
       echo "fuzz: $t crashed: see $log and fuzz/artifacts/$t/" >&2

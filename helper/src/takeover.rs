@@ -231,24 +231,39 @@ impl Area {
     }
 
     /// The resource leader: who owns the lease (timestamp 0: nobody).
-    fn read_owner(&self) -> std::io::Result<std::result::Result<Leader, String>> {
-        let f = open_direct(&self.dev, false)?;
-        let raw = read_sector(&f, self.res_offset, IO_ALIGN)?;
+    fn read_owner(&self, f: &File) -> std::io::Result<std::result::Result<Leader, String>> {
+        let raw = read_sector(f, self.res_offset, IO_ALIGN)?;
         Ok(parse_leader(&raw, PAXOS_DISK_MAGIC, &self.lockspace))
     }
 
-    /// Host `host_id`'s delta lease (sector host_id - 1 of the lockspace).
+    /// Where host `host_id`'s delta lease is (sector host_id - 1 of the
+    /// lockspace, in the sector size host 1's record gives), and that size.
+    fn host_place(
+        &self,
+        f: &File,
+        host_id: u64,
+    ) -> std::io::Result<std::result::Result<(u64, usize), String>> {
+        let first = read_sector(f, self.ls_offset, IO_ALIGN)?;
+        let place = parse_leader(&first, DELTA_DISK_MAGIC, &self.lockspace)
+            .map(|l| {
+                let at = self.ls_offset + (host_id - 1) * l.sector_size as u64;
+                (at, l.sector_size)
+            })
+            .map_err(|e| format!("host 1's lease: {e}"));
+        Ok(place)
+    }
+
+    /// Host `host_id`'s delta lease.
     fn read_host(
         &self,
         f: &File,
         host_id: u64,
     ) -> std::io::Result<std::result::Result<Leader, String>> {
-        let first = read_sector(f, self.ls_offset, IO_ALIGN)?;
-        let ss = match parse_leader(&first, DELTA_DISK_MAGIC, &self.lockspace) {
-            Ok(l) => l.sector_size as u64,
-            Err(e) => return Ok(Err(format!("host 1's lease: {e}"))),
+        let at = match self.host_place(f, host_id)? {
+            Ok((at, _)) => at,
+            Err(e) => return Ok(Err(e)),
         };
-        let raw = read_sector(f, self.ls_offset + (host_id - 1) * ss, IO_ALIGN)?;
+        let raw = read_sector(f, at, IO_ALIGN)?;
         Ok(parse_leader(&raw, DELTA_DISK_MAGIC, &self.lockspace))
     }
 }
@@ -405,22 +420,20 @@ struct Holder {
 /// place, read once. `Ok(None)`: free, ours, or its holder's lease is free.
 fn holder_of(area: &Area, me: Option<u64>) -> std::io::Result<Option<Holder>> {
     let file = open_direct(&area.dev, false)?;
-    let raw = read_sector(&file, area.res_offset, IO_ALIGN)?;
-    let Ok(owner) = parse_leader(&raw, PAXOS_DISK_MAGIC, &area.lockspace) else {
+    let Ok(owner) = area.read_owner(&file)? else {
         return Ok(None);
     };
     if owner.timestamp == 0 || owner.owner_id == 0 || Some(owner.owner_id) == me {
         return Ok(None);
     }
-    let first = read_sector(&file, area.ls_offset, IO_ALIGN)?;
-    let Ok(l) = parse_leader(&first, DELTA_DISK_MAGIC, &area.lockspace) else {
+    let Ok((at, sector_size)) = area.host_place(&file, owner.owner_id)? else {
         return Ok(None);
     };
     Ok(Some(Holder {
         area: area.clone(),
         host_id: owner.owner_id,
-        at: area.ls_offset + (owner.owner_id - 1) * l.sector_size as u64,
-        sector_size: l.sector_size,
+        at,
+        sector_size,
         file,
     }))
 }
@@ -721,7 +734,7 @@ async fn blocking_io<T: Send + 'static>(
 /// the lease is free, or its owner's host lease is (it holds nothing).
 async fn check(reg: &Registry, area: &Area) -> std::result::Result<Option<Fenced>, String> {
     let a = area.clone();
-    let owner = blocking_io(move || a.read_owner()).await??;
+    let owner = blocking_io(move || a.read_owner(&open_direct(&a.dev, false)?)).await??;
     if owner.timestamp == 0 || owner.owner_id == 0 {
         return Ok(None);
     }

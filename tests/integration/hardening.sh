@@ -10,100 +10,16 @@
 
 "$LAB" up 2 || { echo "lab up failed"; FAILED=$((FAILED + 1)); return 0; }
 
-HELPER_LOG=/var/log/ferry-helper.log
 H_CONF=/etc/ferry/services/busybox.conf
 H_SVC_PATH=/io/ferry/Helper1/service/busybox
 
-h_log_size() { root_on node1 stat -c %s "$HELPER_LOG"; }
-h_log_since() { sleep 0.2; root_on node1 tail -c +$(($1 + 1)) "$HELPER_LOG"; }
 # The OCF agent's verdict, as Pacemaker would get it (the binary it execs).
 h_ocf() { # ACTION → exit status
   root_on node1 env OCF_RESKEY_service=busybox ferry ocf "$1"
 }
 
-# A client that takes the service lock and idles on its connection; when
-# FILE.go appears it makes one call as the holder (Ip.Announce) and writes
-# "call ok" or "call <error name>" to FILE.call. Built on locks-audit.sh's
-# minimal D-Bus client.
-H_HOLD_PY='
-import os, socket, struct, sys, time
-svc, out = sys.argv[1], sys.argv[2]
-s = socket.socket(socket.AF_UNIX)
-s.connect("/run/dbus/system_bus_socket")
-s.sendall(b"\0AUTH EXTERNAL " + str(os.getuid()).encode().hex().encode() + b"\r\n")
-assert s.recv(4096).startswith(b"OK")
-s.sendall(b"BEGIN\r\n")
-def pad(b, n): return b + b"\0" * (-len(b) % n)
-def field(code, sig, val):
-    f = struct.pack("<B", code) + bytes([len(sig)]) + sig.encode() + b"\0"
-    if sig in "so":
-        f = pad(f, 4) + struct.pack("<I", len(val)) + val.encode() + b"\0"
-    else:
-        f += bytes([len(val)]) + val.encode() + b"\0"
-    return f
-def call(serial, path, iface, member, dest, sig="", body=b""):
-    fields = b""
-    for code, t, v in [(1, "o", path), (2, "s", iface), (3, "s", member), (6, "s", dest)] + ([(8, "g", sig)] if sig else []):
-        fields = pad(fields, 8) + field(code, t, v)
-    head = b"l\x01\x00\x01" + struct.pack("<III", len(body), serial, len(fields)) + fields
-    s.sendall(pad(head, 8) + body)
-buf = b""
-def message():
-    global buf
-    while True:
-        if len(buf) >= 16:
-            blen, serial, flen = struct.unpack("<III", buf[4:16])
-            total = 16 + flen + (-(16 + flen) % 8) + blen
-            if len(buf) >= total:
-                m, buf = buf[:total], buf[total:]
-                return m
-        chunk = s.recv(65536)
-        if not chunk: sys.exit("bus closed")
-        buf += chunk
-def reply_to(serial):
-    while True:
-        m = message()
-        mtype, flen = m[1], struct.unpack("<I", m[12:16])[0]
-        fields, i, rs, err = m[16:16 + flen], 0, None, ""
-        while i < len(fields):
-            i += -i % 8
-            code, sl = fields[i], fields[i + 1]
-            sig = fields[i + 2:i + 2 + sl].decode(); i += 3 + sl
-            if sig == "u":
-                i += -i % 4; v = struct.unpack("<I", fields[i:i + 4])[0]; i += 4
-            elif sig in "so":
-                i += -i % 4; n = struct.unpack("<I", fields[i:i + 4])[0]; v = fields[i + 4:i + 4 + n].decode(); i += 5 + n
-            else:
-                n = fields[i]; v = fields[i + 1:i + 1 + n].decode(); i += 2 + n
-            if code == 5: rs = v
-            if code == 4: err = v
-        if rs == serial and mtype in (2, 3):
-            return mtype, err
-def put(name, text):
-    with open(name + ".tmp", "w") as f: f.write(text)
-    os.rename(name + ".tmp", name)
-call(1, "/org/freedesktop/DBus", "org.freedesktop.DBus", "Hello", "org.freedesktop.DBus")
-reply_to(1)
-call(2, "/io/ferry/Helper1/service/" + svc, "io.ferry.Helper1.Service", "Lock", "io.ferry.Helper1", "u", struct.pack("<I", 0))
-mtype, err = reply_to(2)
-put(out, ("locked %d\n" % os.getpid()) if mtype == 2 else ("error %s\n" % err))
-while not os.path.exists(out + ".go"): time.sleep(0.05)
-call(3, "/io/ferry/Helper1/service/" + svc + "/ip_231", "io.ferry.Helper1.Ip", "Announce", "io.ferry.Helper1")
-mtype, err = reply_to(3)
-put(out + ".call", "call ok\n" if mtype == 2 else "call %s\n" % err)
-time.sleep(600)
-'
-
-h_hold_lock() { # USER FILE
-  local user=$1 file=$2 i
-  root_on node1 rm -f "$file" "$file.go" "$file.call"
-  as "$user" node1 python3 -c "$H_HOLD_PY" busybox "$file" >/dev/null 2>&1 &
-  for i in $(seq 50); do
-    root_on node1 test -s "$file" && break
-    sleep 0.1
-  done
-  root_on node1 cat "$file" 2>/dev/null || fail "the lock holder did not answer"
-}
+# hold_lock USER FILE call (lib.sh): the holder makes one call as the
+# holder (Ip.Announce) once FILE.go appears; h_holder_calls says what it got.
 h_holder_calls() { # FILE → what the holder's next call got
   local file=$1 i
   root_on node1 touch "$file.go"
@@ -118,18 +34,18 @@ h_holder_calls() { # FILE → what the holder's next call got
 # re-read (and, before, drop) anything.
 t_h_reload_needs_authorization() {
   local m
-  m=$(h_log_size)
+  m=$(log_size)
   expect_code 1 as guest node1 busctl --system call io.ferry.Helper1 /io/ferry/Helper1 io.ferry.Helper1.Manager Reload
   contains "io.ferry.config.reload"
   contains "not authorized"
   expect_code 3 as guest node1 ferry reload
   contains "not authorized"
-  OUT=$(h_log_since "$m")
+  OUT=$(log_since "$m")
   matches 'uid=2103 .*action="io.ferry.config.reload".*result="denied"'
-  m=$(h_log_size)
+  m=$(log_size)
   expect_ok as op node1 ferry reload
   contains "services: busybox"
-  OUT=$(h_log_since "$m")
+  OUT=$(log_since "$m")
   matches 'uid=2101 .*action="io.ferry.config.reload".*result="ok"'
 }
 
@@ -179,14 +95,14 @@ t_h_bad_file_keeps_running_service() {
 t_h_idle_lock_is_broken() {
   local pid m t0 ms
   expect_ok as op node1 ferry start busybox
-  expect_ok h_hold_lock op /tmp/h-hold1
+  expect_ok hold_lock op /tmp/h-hold1 call
   matches '^locked [0-9]+$'
   pid=$(awk '{print $2}' <<<"$OUT")
   trap "root_on node1 kill -9 $pid 2>/dev/null || true" EXIT
   expect_code 1 root_on node1 ferry stop busybox
   contains "locked by uid 2101"
   node_has_vip node1 || fail "a refused stop removed the address"
-  m=$(h_log_size)
+  m=$(log_size)
   t0=$(date +%s%N)
   expect_ok root_on node1 ferry stop busybox --break-lock --waitlock 3
   ms=$((($(date +%s%N) - t0) / 1000000))
@@ -194,7 +110,7 @@ t_h_idle_lock_is_broken() {
   [ "$ms" -ge 2900 ] || fail "the lock was broken before the wait ended ($ms ms)"
   contains "stop done in"
   node_is_clean node1
-  OUT=$(h_log_since "$m")
+  OUT=$(log_since "$m")
   printf '%s\n' "$OUT" | grep break-lock
   matches 'lock broken: it was held by uid 2101 \(pid [0-9]+ python3.*uid=0 .*action="io.ferry.service.break-lock".*result="ok"'
   expect_ok h_holder_calls /tmp/h-hold1
@@ -203,7 +119,7 @@ t_h_idle_lock_is_broken() {
 
   # the OCF stop (Pacemaker) gets through the same way, with nothing asked
   expect_ok as op node1 ferry start busybox
-  expect_ok h_hold_lock op /tmp/h-hold2
+  expect_ok hold_lock op /tmp/h-hold2 call
   pid=$(awk '{print $2}' <<<"$OUT")
   trap "root_on node1 kill -9 $pid 2>/dev/null || true" EXIT
   t0=$(date +%s%N)
@@ -215,7 +131,7 @@ t_h_idle_lock_is_broken() {
   root_on node1 kill -9 "$pid" 2>/dev/null || true
   # operators outside root may not break locks unless a rule grants it:
   # svcop's per-service grant leaves it out
-  expect_ok h_hold_lock op /tmp/h-hold3
+  expect_ok hold_lock op /tmp/h-hold3 call
   pid=$(awk '{print $2}' <<<"$OUT")
   expect_code 3 as svcop node1 ferry stop busybox --break-lock --waitlock 0
   contains "io.ferry.service.break-lock"
@@ -226,7 +142,7 @@ t_h_idle_lock_is_broken() {
 # --break-lock that lands during op's start is refused, and the start ends.
 t_h_busy_lock_is_not_broken() {
   local m i starter got=""
-  m=$(h_log_size)
+  m=$(log_size)
   as op node1 ferry start busybox >/tmp/h-start.out 2>&1 &
   starter=$!
   # once op's start holds the lock (its audit line is there), try to break it
@@ -244,7 +160,7 @@ t_h_busy_lock_is_not_broken() {
   [ "$rc" = 1 ] || fail "the --break-lock stop during op's start exited $rc"
   contains "in the middle of an action" "$got"
   contains "not broken halfway through an action" "$got"
-  OUT=$(h_log_since "$m")
+  OUT=$(log_since "$m")
   lacks "lock broken: it was held by"
   node_has_vip node1 || fail "the service is not up after op's start"
   expect_ok as op node1 ferry stop busybox
@@ -301,25 +217,25 @@ t_h_image_drift_keeps_monitor_at_0() {
 # action's audit line is still written.
 t_h_guest_calls_cost_little() {
   local m t0 ms vgs denied
-  m=$(h_log_size)
+  m=$(log_size)
   t0=$(date +%s%N)
   as guest node1 sh -c 'for i in $(seq 40); do busctl --system call io.ferry.Helper1 /io/ferry/Helper1/service/busybox io.ferry.Helper1.Service Status >/dev/null || exit 1; done'
   ms=$((($(date +%s%N) - t0) / 1000000))
-  OUT=$(h_log_since "$m")
+  OUT=$(log_since "$m")
   vgs=$(grep -cE ' exec: ([^ ]*/)?vgs ' <<<"$OUT" || true)
   echo "measured: 40 guest Status calls in $ms ms ran vgs $vgs times"
   [ "$vgs" -le $((ms / 1000 + 2)) ] || fail "vgs ran $vgs times for 40 guest Status calls in $ms ms"
   # root still gets a fresh status (ferry status as root runs vgs)
-  m=$(h_log_size)
+  m=$(log_size)
   expect_ok root_on node1 ferry status busybox --local
-  OUT=$(h_log_since "$m")
+  OUT=$(log_since "$m")
   matches ' exec: ([^ ]*/)?vgs '
   # 200 denied calls: bounded
-  m=$(h_log_size)
+  m=$(log_size)
   as guest node1 sh -c 'for i in $(seq 200); do busctl --system call io.ferry.Helper1 /io/ferry/Helper1/service/busybox/ip_231 io.ferry.Helper1.Ip Add >/dev/null 2>&1; done; true'
   expect_ok as op node1 ferry start busybox
   expect_ok as op node1 ferry stop busybox
-  OUT=$(h_log_since "$m")
+  OUT=$(log_since "$m")
   denied=$(grep 'uid=2103 .*result="denied"' <<<"$OUT" | grep -vc 'more denied calls' || true)
   echo "measured: 200 denied guest calls left $denied audit records one by one"
   # 20 a minute per uid; the loop may span the end of one window

@@ -88,3 +88,23 @@ run_test() { # NAME FUNCTION
   fi
   rm -f "$log"
 }
+
+# hold_lock USER FILE [call]: a client of USER's on node1 that takes
+# busybox's Service.Lock over its own bus connection and keeps it
+# (bus-hold.py); waits for its word ("locked <pid>" or "error <name>").
+BUS_HOLD_PY=$(cat "$(dirname "${BASH_SOURCE[0]}")/bus-hold.py")
+hold_lock() {
+  local user=$1 file=$2 i
+  root_on node1 rm -f "$file" "$file.go" "$file.call"
+  as "$user" node1 python3 -c "$BUS_HOLD_PY" busybox "$file" ${3:-} >/dev/null 2>&1 &
+  for i in $(seq 50); do
+    root_on node1 test -s "$file" && break
+    sleep 0.1
+  done
+  root_on node1 cat "$file" 2>/dev/null || fail "the lock holder did not answer"
+}
+
+# node1's helper log: its size now, and what was logged since that size.
+HELPER_LOG=/var/log/ferry-helper.log
+log_size() { root_on node1 stat -c %s "$HELPER_LOG"; }
+log_since() { sleep 0.2; root_on node1 tail -c +$(($1 + 1)) "$HELPER_LOG"; }
