@@ -120,7 +120,11 @@ one_run() { # RUN
   local both=no
   [[ -s $WORK/both.$run ]] && both=YES
   d() { [[ -n $1 && -n $2 ]] && echo $(($2 - $1)) || echo "?"; }
-  echo "$((t_ans - t0)) $(d "$t0" "$t_lost") $(d "$t_lost" "$t_fence") $(d "$t_fence" "$t_lease") $(d "$t_lease" "$t_ans") $((t_ext4 - t0)) $reloc $both $holder $takeover"
+  # how long the lab took to "lose power" (kill every process, drop the
+  # mounts): the switch confirms a fence only once that is done
+  local crash_ms
+  crash_ms=$(grep -o 'crashed (.*) in [0-9]* ms' "$WORK/crash.$run" | grep -o '[0-9]* ms$' | grep -o '[0-9]*') || crash_ms="?"
+  echo "$((t_ans - t0)) $(d "$t0" "$t_lost") $(d "$t_lost" "$t_fence") $(d "$t_fence" "$t_lease") $(d "$t_lease" "$t_ans") $((t_ext4 - t0)) $reloc $both $holder $takeover $crash_ms"
 }
 
 mkdir -p "$OUTDIR"
@@ -145,12 +149,12 @@ stats() { # COLUMN → "median (min–max)"
   echo "- lab: two nodes, Corosync knet token 1000 ms, two_node; Pacemaker 2.1.5, stonith-action=off through the lab's power switch (fence_ferrylab); sanlock io_timeout 1; service busybox (ip, lease, vg, two nested fs, one container)."
   echo "- each run: a fresh lab, the service relocated onto the node to crash (odd runs node1, even node2), adopted by Pacemaker, then \`lab crash\`."
   echo
-  echo "| run | crashed | **failover** | detection | fence | lease | start | ext4 live on survivor | relocation downtime | takeover lines | ext4 on both |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  echo "| run | crashed | **failover** | detection | fence | lease | start | ext4 live on survivor | relocation downtime | takeover lines | ext4 on both | lab crash took |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   n=0
-  while read -r total det fen lea sta ext reloc both holder tk; do
+  while read -r total det fen lea sta ext reloc both holder tk crash; do
     n=$((n + 1))
-    echo "| $n | $holder | **$total** | $det | $fen | $lea | $sta | $ext | $reloc | $tk | $both |"
+    echo "| $n | $holder | **$total** | $det | $fen | $lea | $sta | $ext | $reloc | $tk | $both | $crash |"
   done <"$WORK/runs"
   echo
   echo "| ms, median (min–max) | failover | detection | fence | lease | start | relocation downtime |"
