@@ -28,7 +28,7 @@ pod_live_on() { [ -e "/sys/fs/ext4/$(eval echo "\$POD_DEV${1#node}")" ]; }
 # The service's conmon, in the node's own mount namespace.
 node_runs_conmon() { # NODE
   root_on "$1" sh -c 'me=$(readlink /proc/self/ns/mnt)
-    for p in $(pgrep -f "conmon.*/srv/podbox/containers/"); do
+    for p in $(pgrep -f "[c]onmon.*/srv/podbox/containers/"); do
       [ "$(readlink /proc/$p/ns/mnt 2>/dev/null)" = "$me" ] && exit 0
     done; exit 1'
 }
@@ -88,7 +88,7 @@ t_pod_start_stop() {
     || fail "the container is not in node1's network namespace"
   root_on node1 grep -q "$POD_VIP" /proc/$pid/net/fib_trie || fail "the container does not see $POD_VIP"
   expect_ok as op node1 ferry start $POD
-  contains "is already running"
+  contains "container podbox.container.1 ($ID) is up"
   t0=$(date +%s%N)
   expect_ok as op node1 ferry stop $POD
   echo "measured: stop of podbox $((($(date +%s%N) - t0) / 1000000)) ms"
@@ -100,46 +100,51 @@ t_pod_start_stop() {
 }
 
 t_pod_failed_start_rolls_back() {
+  # a second container whose command exits at once: its first run is
+  # removed, and everything the start did is undone, container#1 included
   expect_ok as op node1 ferry stop $POD
-  # a first run whose command exits at once: the container is removed, and
-  # everything the start did is undone
-  root_on node1 sed -i 's/^run_image = .*/run_image = local\/podbox:broken/' $POD_CONF
-  expect_ok as op node1 ferry reload
   expect_ok as op node1 ferry start $POD --rid ip#1,lease#1,fs#1
-  root_on node1 sh -c 'mkdir -p /tmp/broken/bin && cp /bin/busybox /tmp/broken/bin/ && ln -sf busybox /tmp/broken/bin/false'
+  root_on node1 sh -c 'rm -rf /tmp/broken && mkdir -p /tmp/broken/bin && cp /bin/busybox /tmp/broken/bin/ && ln -s busybox /tmp/broken/bin/false'
   root_on node1 sh -c 'tar -C /tmp/broken -c . | ferry docker podbox -- import --change "CMD [\"/bin/false\"]" - local/podbox:broken' >/dev/null
   expect_ok as op node1 ferry stop $POD
+  root_on node1 cp $POD_CONF /tmp/podbox.conf.good
+  root_on node1 sh -c "printf '\n[container#2]\ntype = podman\nrun_image = local/podbox:broken\nulimit = nofile=1024:1024 nproc=1024:1024\n' >> $POD_CONF"
+  trap 'root_on node1 cp /tmp/podbox.conf.good '$POD_CONF'; as op node1 ferry reload' EXIT
+  expect_ok as op node1 ferry reload
   expect_code 1 as op node1 ferry start $POD
   contains "stopped right after start"
   contains "removed container"
   pod_is_clean node1
+  # nothing of the failed run is left in the store
   expect_ok as op node1 ferry start $POD --rid ip#1,lease#1,fs#1
-  expect_ok as op node1 ferry docker $POD -- ps -a --format '{{.Names}} {{.Image}}'
-  lacks "podbox:broken"
+  expect_ok as op node1 ferry docker $POD -- ps -a --format '{{.Names}}'
+  lacks "podbox.container.2"
+  contains "podbox.container.1"
   expect_ok as op node1 ferry docker $POD -- image rm local/podbox:broken
   expect_ok as op node1 ferry stop $POD
-  root_on node1 sed -i 's/^run_image = .*/run_image = local\/podbox:date/' $POD_CONF
+  root_on node1 cp /tmp/podbox.conf.good $POD_CONF
+  trap - EXIT
   expect_ok as op node1 ferry reload
   expect_ok as op node1 ferry start $POD
   [ "$(pod_id node1)" = "$(cat "$POD_STATE/id")" ] || fail "the first container is gone"
 }
 
 t_pod_passthrough_refusals() {
-  expect_code 1 as op node1 ferry docker $POD -- run local/podbox:date
+  expect_code 2 as op node1 ferry docker $POD -- run local/podbox:date
   contains "docker subcommand 'run' is not allowed through ferry"
-  expect_code 1 as op node1 ferry docker $POD -- ps --root /tmp/elsewhere
+  expect_code 2 as op node1 ferry docker $POD -- ps --root /tmp/elsewhere
   contains "podman's global options are ferry's to set"
-  expect_code 1 as op node1 ferry docker $POD -- images --conmon=/tmp/x
+  expect_code 2 as op node1 ferry docker $POD -- images --conmon=/tmp/x
   contains "podman's global options"
-  expect_code 1 as op node1 ferry docker $POD -- ps -r
+  expect_code 2 as op node1 ferry docker $POD -- ps -r
   contains "-r (--remote)"
-  expect_code 1 as op node1 ferry docker $POD -- load -i /etc/shadow
+  expect_code 2 as op node1 ferry docker $POD -- load -i /etc/shadow
   contains "may not open files"
-  expect_code 1 as op node1 ferry docker $POD -- save -o /root/x local/podbox:date
+  expect_code 2 as op node1 ferry docker $POD -- save -o /root/x local/podbox:date
   contains "may not open files"
-  expect_code 1 as op node1 ferry docker $POD -- import /etc/shadow x
+  expect_code 2 as op node1 ferry docker $POD -- import /etc/shadow x
   contains "reads only from stdin"
-  expect_code 1 as op node1 ferry docker $POD -- pull --authfile /root/auth.json x
+  expect_code 2 as op node1 ferry docker $POD -- pull --authfile /root/auth.json x
   contains "may not open files"
   # a guest has no right to it at all
   expect_code 3 as guest node1 ferry docker $POD -- ps

@@ -328,7 +328,7 @@ pub fn missing_image(service: &str, run_image: &str) -> String {
 }
 
 enum Waited {
-    Up,
+    Up(Observed),
     Exited(Observed),
 }
 
@@ -342,13 +342,13 @@ async fn wait_up(
     let deadline = Instant::now() + UP_TIMEOUT;
     loop {
         match observe(p, dir, id, &c.run_image).await {
-            Observation::Found(o) if o.running && !first => return Ok(Waited::Up),
+            Observation::Found(o) if o.running && !first => return Ok(Waited::Up(o)),
             Observation::Found(o) if o.running => {
                 // A wrong command exits within milliseconds: look once more.
                 tokio::time::sleep(FIRST_RUN_SETTLE).await;
                 return Ok(match observe(p, dir, id, &c.run_image).await {
-                    Observation::Found(o) if !o.running => Waited::Exited(o),
-                    _ => Waited::Up,
+                    Observation::Found(x) if !x.running => Waited::Exited(x),
+                    _ => Waited::Up(o),
                 });
             }
             Observation::Found(o) if matches!(o.status.as_str(), "exited" | "dead") => {
@@ -399,31 +399,25 @@ async fn last_logs(p: &Paths, dir: &str, id: &str) -> String {
     }
 }
 
+/// Does podman's error say the container does not exist?
+fn no_such_container(e: &HelperError) -> bool {
+    e.message().contains("no such container")
+}
+
+/// Start the container: `podman start NAME` straight away (a no-op when it
+/// runs), so that a relocation costs one podman call and one inspect; only
+/// when it does not exist yet, create it (first run).
 pub async fn start(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> Result<Vec<String>> {
     let name = engine::container_name(&svc.name, rid);
     let dir = data_dir(svc)?;
     storage_mounted(svc)?;
     let p = prepare(svc)?;
     let g = format!("podman --root {dir}");
-    let mut log = Vec::new();
-    let (id, created) = match observe(&p, dir, &name, &c.run_image).await {
-        Observation::Found(o) if o.running => {
-            return Ok(vec![format!(
-                "container {name} ({}) is already running",
-                short(&o.id)
-            )])
-        }
-        Observation::Found(o) => {
-            if o.image_name != c.run_image {
-                log.push(format!(
-                    "note: container {name} was created from {}, not from run_image {}",
-                    o.image_name, c.run_image
-                ));
-            }
-            log.push(format!("{g} start {}", short(&o.id)));
-            (o.id, false)
-        }
-        Observation::NotFound => {
+    let mut log = vec![format!("{g} start {name}")];
+    let (id, created) = match podman_ok(&p, dir, &["start", &name], CLI_TIMEOUT).await {
+        Ok(_) => (name.clone(), false),
+        Err(e) if no_such_container(&e) => {
+            log.push(format!("container {name} not found: first run"));
             if image_id(&p, dir, &c.run_image).await.is_none() {
                 return Err(HelperError::failed(missing_image(&svc.name, &c.run_image)));
             }
@@ -439,19 +433,33 @@ pub async fn start(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> Resul
             log.push(format!("{g} start {}", short(&id)));
             (id, true)
         }
-        Observation::DaemonDown => return Err(HelperError::failed(STORAGE_NOT_MOUNTED)),
-        Observation::Error(e) => return Err(HelperError::failed(e)),
+        Err(e) => return Err(e),
     };
-    let failure = match podman_ok(&p, dir, &["start", &id], CLI_TIMEOUT).await {
+    let failure = match if created {
+        podman_ok(&p, dir, &["start", &id], CLI_TIMEOUT)
+            .await
+            .map(|_| ())
+    } else {
+        Ok(())
+    } {
         Err(e) => Some(e),
-        Ok(_) => {
+        Ok(()) => {
             log.push("wait for container up status".into());
             match wait_up(&p, dir, &id, c, created).await {
                 Err(e) => Some(e),
-                Ok(Waited::Up) => None,
+                Ok(Waited::Up(o)) => {
+                    if o.image_name != c.run_image {
+                        log.push(format!(
+                            "note: container {name} was created from {}, not from run_image {}",
+                            o.image_name, c.run_image
+                        ));
+                    }
+                    log.push(format!("container {name} ({}) is up", short(&o.id)));
+                    None
+                }
                 Ok(Waited::Exited(o)) => Some(HelperError::failed(format!(
                     "container {name} ({}) stopped right after start: {}; {}",
-                    short(&id),
+                    short(&o.id),
                     describe(&o),
                     last_logs(&p, dir, &id).await
                 ))),
@@ -459,10 +467,7 @@ pub async fn start(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> Resul
         }
     };
     match failure {
-        None => {
-            log.push(format!("container {name} ({}) is up", short(&id)));
-            Ok(log)
-        }
+        None => Ok(log),
         Some(e) if created => {
             // Leave nothing behind a failed first run.
             let msg = match podman_ok(&p, dir, &["rm", "-f", &id], CLI_TIMEOUT).await {
@@ -534,36 +539,18 @@ pub async fn stop(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> Result
     }
     let p = prepare(svc)?;
     let t0 = Instant::now();
-    let mut log = Vec::new();
-    match observe(&p, dir, &name, &c.run_image).await {
-        Observation::Found(o) if o.running => {
-            let t = c.stop_timeout.to_string();
-            log.push(format!("podman --root {dir} stop -t {t} {}", short(&o.id)));
-            let limit = CLI_TIMEOUT + Duration::from_secs(u64::from(c.stop_timeout));
-            podman_ok(&p, dir, &["stop", "-t", &t, &o.id], limit).await?;
-            match observe(&p, dir, &o.id, &c.run_image).await {
-                Observation::Found(x) if x.running => {
-                    return Err(HelperError::failed(format!(
-                        "container {name} ({}) still runs after podman stop",
-                        short(&o.id)
-                    )))
-                }
-                Observation::Error(e) => return Err(HelperError::failed(e)),
-                Observation::Found(x) => log.push(format!(
-                    "container {name} ({}) is down: {}",
-                    short(&o.id),
-                    describe(&x)
-                )),
-                _ => log.push(format!("container {name} ({}) is down", short(&o.id))),
-            }
+    // `podman stop` returns once the container is down (SIGTERM, then
+    // SIGKILL after the timeout), and is a no-op on a stopped one: no
+    // inspect before or after, each podman call costs 50-300 ms here.
+    let t = c.stop_timeout.to_string();
+    let mut log = vec![format!("podman --root {dir} stop -t {t} {name}")];
+    let limit = CLI_TIMEOUT + Duration::from_secs(u64::from(c.stop_timeout));
+    match podman_ok(&p, dir, &["stop", "-t", &t, &name], limit).await {
+        Ok(_) => log.push(format!("container {name} is down")),
+        Err(e) if no_such_container(&e) => {
+            log.push(format!("container {name} not found: already stopped"))
         }
-        Observation::Found(o) => log.push(format!(
-            "container {name} ({}) is already stopped",
-            short(&o.id)
-        )),
-        Observation::NotFound => log.push(format!("container {name} not found: already stopped")),
-        Observation::DaemonDown => {}
-        Observation::Error(e) => return Err(HelperError::failed(e)),
+        Err(e) => return Err(e),
     }
     // The service's podman CLIs still running (a passthrough's `events`,
     // `logs -f`) end with it, as a stopping dockerd ends its clients.
