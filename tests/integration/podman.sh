@@ -262,7 +262,15 @@ t_pod_under_pacemaker() {
   [ "$(ocf_rc node1)" = 0 ] || fail "the agent's monitor does not see podbox up on node1"
   [ "$(ocf_rc node2)" = 7 ] || fail "the agent's monitor does not see podbox stopped on node2"
   expect_ok root_on node1 crm configure primitive pod ocf:ferry:service params service=$POD \
-    op monitor interval=5s timeout=30s op start timeout=60s op stop timeout=60s
+    op start timeout=150s interval=0 op stop timeout=60s interval=0 \
+    op monitor interval=5s timeout=30s meta resource-stickiness=100
+  for i in $(seq 1 100); do
+    root_on node1 crm_mon -1 2>/dev/null | grep -q "pod.*Started node1" && break
+    sleep 0.2
+  done
+  expect_ok root_on node1 crm_mon -1
+  matches "pod.*Started node1"
+  [ "$(pod_id node1)" = "$(cat "$POD_STATE/id")" ] || fail "Pacemaker restarted podbox when it adopted it"
   watch_start
   expect_ok root_on node1 crm_resource --move -r pod -N node2
   ms=$(wait_monitor node2 0 60) || fail "podbox did not come up on node2 under Pacemaker"
