@@ -258,7 +258,8 @@ pub async fn run_podman(
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     info!(target: "exec", service = %svc.name, "podman --root {dir} {}", crate::audit::clean_args(args));
     let mut cmd = super::podman::command(&p, dir, &a);
-    cmd.stdin(Stdio::from(stdin))
+    cmd.env(super::podman::PASSTHROUGH_ENV, "1")
+        .stdin(Stdio::from(stdin))
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr));
     let mut child = cmd

@@ -517,9 +517,15 @@ pub fn has_processes(svc: &ServiceConfig) -> bool {
     !service_processes(svc).is_empty()
 }
 
-fn is_cleanup(argv: &[String]) -> bool {
-    argv.windows(2)
-        .any(|w| w[0] == "container" && w[1] == "cleanup")
+/// Marks the podman CLIs that `ferry docker` runs (in their environment),
+/// so that a stop can tell them from the helper's own calls.
+pub const PASSTHROUGH_ENV: &str = "FERRY_PODMAN_PASSTHROUGH";
+
+fn is_passthrough(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+        env.split(|&b| b == 0)
+            .any(|v| v == format!("{PASSTHROUGH_ENV}=1").as_bytes())
+    })
 }
 
 pub async fn stop(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> Result<Vec<String>> {
@@ -554,9 +560,10 @@ pub async fn stop(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> Result
     }
     // The service's podman CLIs still running (a passthrough's `events`,
     // `logs -f`) end with it, as a stopping dockerd ends its clients.
+    // (Only those: the helper's own short calls, a status's inspect, finish.)
     for x in service_processes(svc) {
-        if daemon::program_is(&x.argv, "podman") && !is_cleanup(&x.argv) {
-            log.push(daemon::terminate(x.pid, "podman CLI").await?);
+        if daemon::program_is(&x.argv, "podman") && is_passthrough(x.pid) {
+            log.push(daemon::terminate(x.pid, "podman CLI of `ferry docker`").await?);
         }
     }
     wait_processes_gone(svc).await?;
@@ -701,11 +708,8 @@ mod tests {
     }
 
     #[test]
-    fn cleanup_is_told_apart() {
-        let v: Vec<String> = ["podman", "--root", "/r", "container", "cleanup", "abc"]
-            .map(String::from)
-            .into();
-        assert!(is_cleanup(&v));
-        assert!(!is_cleanup(&v[..3]));
+    fn passthrough_is_told_apart() {
+        // this test process has no marker
+        assert!(!is_passthrough(std::process::id() as i32));
     }
 }
