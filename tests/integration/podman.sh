@@ -208,19 +208,44 @@ t_pod_relocate_there_and_back() {
 t_pod_conmon_outliving_stop_fails_the_stop() {
   # a podman process of the service that does not go holds the fs: the stop
   # must fail rather than report down (a stand-in with conmon's command line)
-  # (a stand-in named conmon that keeps a file of the store open)
-  root_on node1 sh -c 'setsid bash -c "exec -a conmon tail -f /srv/podbox/containers/libpod/bolt_state.db" </dev/null >/dev/null 2>&1 &'
-  trap 'root_on node1 pkill -f "^conmon -f /srv/podbox/containers/"' EXIT
+  # (a stand-in with the command line of the container's conmon)
+  root_on node1 sh -c 'setsid bash -c "exec -a conmon bash -c \"sleep 600; :\" x -n podbox.container.1 -b /srv/podbox/containers/overlay-containers/x/userdata" </dev/null >/dev/null 2>&1 &'
+  trap 'root_on node1 pkill -f "^conmon -c sleep 600"' EXIT
   sleep 0.3
   expect_code 1 as op node1 ferry stop $POD
   contains "conmon"
   contains "holds the storage on the shared filesystem"
   pod_live_on node1 || fail "the ext4 was let go while conmon held it"
-  root_on node1 pkill -f "^conmon -f /srv/podbox/containers/"
+  root_on node1 pkill -f "^conmon -c sleep 600"
   trap - EXIT
   expect_ok as op node1 ferry stop $POD
   pod_is_clean node1
   expect_ok as op node1 ferry start $POD
+}
+
+t_pod_two_containers_stop_one() {
+  # two podman containers in one service: stopping one leaves the other,
+  # its conmon and the storage alone
+  root_on node1 cp $POD_CONF /tmp/podbox.conf.good
+  trap 'root_on node1 cp /tmp/podbox.conf.good '$POD_CONF'; as op node1 ferry reload' EXIT
+  root_on node1 sh -c "printf '\n[container#2]\ntype = podman\nrun_image = local/podbox:date\nulimit = nofile=1024:1024 nproc=1024:1024\n' >> $POD_CONF"
+  expect_ok as op node1 ferry reload
+  expect_ok as op node1 ferry start $POD
+  expect_ok as op node1 ferry stop $POD --rid container#2
+  contains "another container of the service still runs here"
+  expect_ok as op node1 ferry status $POD
+  [ "$(pod_id node1)" = "$(cat "$POD_STATE/id")" ] || fail "container#1 did not survive container#2's stop"
+  matches "container#2 +\.\.\.\. down +local/podbox:date"
+  # the whole stop takes both, then lets go of the storage
+  expect_ok as op node1 ferry stop $POD
+  pod_is_clean node1
+  # (podbox.container.2 stays in the store, stopped: `rm` is not allowed
+  # through ferry, and nothing starts it once the config no longer has it)
+  root_on node1 cp /tmp/podbox.conf.good $POD_CONF
+  trap - EXIT
+  expect_ok as op node1 ferry reload
+  expect_ok as op node1 ferry start $POD
+  [ "$(pod_id node1)" = "$(cat "$POD_STATE/id")" ] || fail "container#1 changed"
 }
 
 t_both_services_relocate_independently() {
@@ -298,6 +323,7 @@ run_test "podman: passthrough refusals"                          t_pod_passthrou
 run_test "podman: sync to node2, passive node refused"           t_pod_sync_to_node2
 run_test "podman: relocate there and back, never on both"        t_pod_relocate_there_and_back
 run_test "podman: a conmon that outlives the stop fails it"      t_pod_conmon_outliving_stop_fails_the_stop
+run_test "podman: two containers, one stopped, the other runs on" t_pod_two_containers_stop_one
 run_test "podman: both services relocated independently"        t_both_services_relocate_independently
 run_test "podman: the OCF agent runs podbox under Pacemaker"     t_pod_under_pacemaker
 

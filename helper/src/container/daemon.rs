@@ -366,6 +366,16 @@ impl Proc {
     pub(super) fn is_root(&self) -> bool {
         self.uid == 0
     }
+
+    #[cfg(test)]
+    pub(super) fn for_test(argv: Vec<String>) -> Proc {
+        Proc {
+            pid: 1,
+            ppid: 0,
+            uid: 0,
+            argv,
+        }
+    }
 }
 
 /// State letter and parent pid from `/proc/PID/stat`. The command name may

@@ -558,15 +558,29 @@ pub async fn stop(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> Result
         }
         Err(e) => return Err(e),
     }
+    // This container's conmon, and any `container cleanup`, must go.
+    wait_gone(svc, |x| is_conmon_of(x, &name) || is_cleanup(&x.argv)).await?;
+    // Another container of the service still runs: it keeps the storage,
+    // the run root and the tmp dir in use.
+    if let Some(x) = service_processes(svc)
+        .iter()
+        .find(|x| daemon::program_is(&x.argv, "conmon"))
+    {
+        log.push(format!(
+            "another container of the service still runs here (conmon pid {}): storage left in use",
+            x.pid
+        ));
+        return Ok(log);
+    }
     // The service's podman CLIs still running (a passthrough's `events`,
-    // `logs -f`) end with it, as a stopping dockerd ends its clients.
-    // (Only those: the helper's own short calls, a status's inspect, finish.)
+    // `logs -f`) end with its last container, as a stopping dockerd ends
+    // its clients. (Only those: the helper's own short calls finish.)
     for x in service_processes(svc) {
         if daemon::program_is(&x.argv, "podman") && is_passthrough(x.pid) {
             log.push(daemon::terminate(x.pid, "podman CLI of `ferry docker`").await?);
         }
     }
-    wait_processes_gone(svc).await?;
+    wait_gone(svc, |_| true).await?;
     log.extend(unmount_leftovers(svc, dir));
     // As after a reboot: the next start here refreshes from the database.
     for d in [&p.run_root, &p.tmp_dir] {
@@ -583,11 +597,15 @@ pub async fn stop(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> Result
     Ok(log)
 }
 
-/// conmon and its `container cleanup` hold the storage: wait for them to go.
-async fn wait_processes_gone(svc: &ServiceConfig) -> Result<()> {
+/// conmon and its `container cleanup` hold the storage: wait (bounded) for
+/// the service's processes that `which` picks to go.
+async fn wait_gone(svc: &ServiceConfig, which: impl Fn(&daemon::Proc) -> bool) -> Result<()> {
     let deadline = Instant::now() + CONMON_EXIT_TIMEOUT;
     loop {
-        let left = service_processes(svc);
+        let left: Vec<daemon::Proc> = service_processes(svc)
+            .into_iter()
+            .filter(|x| which(x))
+            .collect();
         let Some(x) = left.first() else {
             return Ok(());
         };
@@ -603,6 +621,19 @@ async fn wait_processes_gone(svc: &ServiceConfig) -> Result<()> {
         }
         tokio::time::sleep(POLL_EXIT).await;
     }
+}
+
+/// conmon names the container it watches with `-n NAME`.
+fn is_conmon_of(x: &daemon::Proc, name: &str) -> bool {
+    daemon::program_is(&x.argv, "conmon") && daemon::has_option(&x.argv, "-n", Path::new(name))
+}
+
+/// `podman … container cleanup ID`: what conmon runs once its container exited.
+fn is_cleanup(argv: &[String]) -> bool {
+    daemon::program_is(argv, "podman")
+        && argv
+            .windows(2)
+            .any(|w| w[0] == "container" && w[1] == "cleanup")
 }
 
 /// What podman left mounted below its storage root (its overlay driver's
@@ -705,6 +736,35 @@ mod tests {
         assert_eq!(describe(&o), "exited (143) at 2026-12-02T00:37:01Z");
         assert!(parse_inspect("[]", "x").is_err());
         assert!(parse_inspect("garbage", "x").is_err());
+    }
+
+    #[test]
+    fn conmon_and_cleanup_are_told_apart() {
+        let v = |a: &[&str]| -> Vec<String> { a.iter().map(|s| s.to_string()).collect() };
+        assert!(is_cleanup(&v(&[
+            "/usr/bin/podman",
+            "--root",
+            "/r",
+            "container",
+            "cleanup",
+            "abc"
+        ])));
+        assert!(!is_cleanup(&v(&["/usr/bin/podman", "--root", "/r", "ps"])));
+        assert!(!is_cleanup(&v(&["conmon", "container", "cleanup"])));
+        let conmon = |argv: Vec<String>| daemon::Proc::for_test(argv);
+        let c1 = conmon(v(&[
+            "/usr/bin/conmon",
+            "--api-version",
+            "1",
+            "-c",
+            "abc",
+            "-n",
+            "p.container.1",
+            "-b",
+            "/r/x",
+        ]));
+        assert!(is_conmon_of(&c1, "p.container.1"));
+        assert!(!is_conmon_of(&c1, "p.container.2"));
     }
 
     #[test]
