@@ -10,7 +10,11 @@ packages=(docker.io containerd tini dbus polkitd openssh-server openssh-client s
   sanlock libsanlock-dev pkg-config gcc g++ libc6-dev
   debootstrap systemd-container lintian
   pacemaker corosync crmsh resource-agents libxml2-utils
-  cockpit-ws cockpit-bridge chromium chromium-driver python3-selenium)
+  cockpit-ws cockpit-bridge chromium chromium-driver python3-selenium
+  podman conmon catatonit runc golang-github-containers-common)
+# podman, conmon, catatonit (podman's --init), runc (its OCI runtime, shared
+# with docker.io) and golang-github-containers-common (policy.json,
+# registries.conf): service podbox (`lab up N --podman`, the podman suite).
 # cockpit-ws, cockpit-bridge, chromium, chromium-driver and python3-selenium:
 # the Cockpit page's browser test (tests/integration/cockpit.sh), headless.
 # pacemaker, corosync, crmsh, resource-agents (ocf-tester) and libxml2-utils

@@ -92,8 +92,34 @@ pub struct FsConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerConfig {
+    /// `type`: which engine runs the container.
+    #[serde(default)]
+    pub runtime: ContainerRuntime,
     pub run_image: String,
     pub stop_timeout: u32,
+    /// `ulimit` (podman only): `name=soft[:hard]` limits the container is
+    /// created with. Empty: podman's defaults.
+    #[serde(default)]
+    pub ulimits: Vec<String>,
+}
+
+/// `[container#N] type`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerRuntime {
+    /// A private dockerd (with `docker_data_dir`) or the host's.
+    #[default]
+    Docker,
+    /// Rootful podman with its storage in `podman_data_dir`: no daemon.
+    Podman,
+}
+
+impl ContainerRuntime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerRuntime::Docker => "docker",
+            ContainerRuntime::Podman => "podman",
+        }
+    }
 }
 
 /// A sanlock disk lease: the shared storage itself says which node may use
@@ -238,6 +264,10 @@ pub struct ServiceConfig {
     pub service_type: Option<String>,
     pub docker_data_dir: Option<String>,
     pub docker_daemon_args: Vec<String>,
+    /// Podman's storage root (`--root`) on the shared fs, for the
+    /// `type = podman` containers.
+    #[serde(default)]
+    pub podman_data_dir: Option<String>,
     /// Resources in start order: ip, vg, fs (by mountpoint depth), container.
     pub resources: Vec<Resource>,
     pub sync: BTreeMap<String, SyncConfig>,
@@ -471,13 +501,14 @@ const DEFAULT_KEYS: &[&str] = &[
     "service_type",
     "docker_data_dir",
     "docker_daemon_args",
+    "podman_data_dir",
     "comment",
 ];
 const IP_KEYS: &[&str] = &["ipdev", "ipname", "netmask", "probe_ms"];
 const VG_KEYS: &[&str] = &["vgname", "scsireserv"];
 const LEASE_KEYS: &[&str] = &["dev", "offset", "io_timeout"];
 const FS_KEYS: &[&str] = &["dev", "mnt", "type", "mnt_opt"];
-const CONTAINER_KEYS: &[&str] = &["type", "run_image", "stop_timeout"];
+const CONTAINER_KEYS: &[&str] = &["type", "run_image", "stop_timeout", "ulimit"];
 const SYNC_KEYS: &[&str] = &["schedule"];
 
 /// dockerd options ferry sets itself for a private daemon: letting the config
@@ -772,6 +803,16 @@ pub fn parse_service(file: &str, text: &str) -> Result<ServiceConfig, ConfigErro
             );
         }
     }
+    let podman_data_dir = default.get("podman_data_dir").map(|s| s.trim().to_string());
+    if let Some(d) = &podman_data_dir {
+        if !is_absolute_clean(d) {
+            ck.err(
+                "DEFAULT",
+                Some("podman_data_dir"),
+                format!("'{d}' must be an absolute path without '.' or '..'"),
+            );
+        }
+    }
     let docker_daemon_args: Vec<String> = default
         .get("docker_daemon_args")
         .map(|s| s.split_whitespace().map(str::to_string).collect())
@@ -930,23 +971,44 @@ pub fn parse_service(file: &str, text: &str) -> Result<ServiceConfig, ConfigErro
                 }
             }
             "container" => {
-                if let Some(t) = s.required(&mut ck, "type") {
-                    if t != "docker" {
+                let runtime = match s.required(&mut ck, "type").as_deref() {
+                    Some("docker") | None => ContainerRuntime::Docker,
+                    Some("podman") => ContainerRuntime::Podman,
+                    Some(t) => {
                         ck.err(
                             &s.name,
                             Some("type"),
-                            format!("'{t}' is not supported (only docker)"),
+                            format!("'{t}' is not supported (docker or podman)"),
                         );
+                        ContainerRuntime::Docker
                     }
-                }
+                };
                 let image = s.required(&mut ck, "run_image");
                 let image = s.not_option(&mut ck, "run_image", image);
                 let stop_timeout =
                     s.number::<u32>(&mut ck, "stop_timeout", DEFAULT_STOP_TIMEOUT_S, (0, 3600));
+                let ulimits: Vec<String> = s
+                    .get("ulimit")
+                    .map(|v| v.split_whitespace().map(str::to_string).collect())
+                    .unwrap_or_default();
+                if !ulimits.is_empty() && runtime != ContainerRuntime::Podman {
+                    ck.err(
+                        &s.name,
+                        Some("ulimit"),
+                        "only for type = podman (a private dockerd takes --default-ulimit in docker_daemon_args)",
+                    );
+                }
+                for u in &ulimits {
+                    if let Err(e) = check_ulimit(u) {
+                        ck.err(&s.name, Some("ulimit"), e);
+                    }
+                }
                 image.map(|run_image| {
                     ResourceConfig::Container(ContainerConfig {
+                        runtime,
                         run_image,
                         stop_timeout,
+                        ulimits,
                     })
                 })
             }
@@ -994,19 +1056,59 @@ pub fn parse_service(file: &str, text: &str) -> Result<ServiceConfig, ConfigErro
             mnts.push((&r.rid, &fs.mnt));
         }
     }
-    if let Some(d) = &docker_data_dir {
-        if is_absolute_clean(d) && !mnts.iter().any(|(_, m)| path_within(d, m)) {
-            ck.err(
-                "DEFAULT",
-                Some("docker_data_dir"),
-                format!("'{d}' is not inside any fs mountpoint: the container data would not follow the service"),
-            );
+    let runs = |rt: ContainerRuntime| {
+        resources
+            .iter()
+            .any(|r| matches!(&r.config, ResourceConfig::Container(c) if c.runtime == rt))
+    };
+    for (key, dir) in [
+        ("docker_data_dir", &docker_data_dir),
+        ("podman_data_dir", &podman_data_dir),
+    ] {
+        if let Some(d) = dir {
+            if is_absolute_clean(d) && !mnts.iter().any(|(_, m)| path_within(d, m)) {
+                ck.err(
+                    "DEFAULT",
+                    Some(key),
+                    format!("'{d}' is not inside any fs mountpoint: the container data would not follow the service"),
+                );
+            }
         }
-        if !resources.iter().any(|r| r.kind() == Kind::Container) {
+    }
+    if docker_data_dir.is_some() && !runs(ContainerRuntime::Docker) {
+        ck.err(
+            "DEFAULT",
+            Some("docker_data_dir"),
+            if runs(ContainerRuntime::Podman) {
+                "set, but the service has no docker container (podman keeps its storage in podman_data_dir)"
+            } else {
+                "set, but the service has no container resource"
+            },
+        );
+    }
+    if podman_data_dir.is_some() && !runs(ContainerRuntime::Podman) {
+        ck.err(
+            "DEFAULT",
+            Some("podman_data_dir"),
+            "set, but the service has no container of type = podman",
+        );
+    }
+    if podman_data_dir.is_none() && runs(ContainerRuntime::Podman) {
+        // Without it podman would use the host's /var/lib/containers: the
+        // container would neither follow the service nor stay its own.
+        ck.err(
+            "DEFAULT",
+            Some("podman_data_dir"),
+            "required by the type = podman container: podman's storage root on the service's filesystem",
+        );
+    }
+    // Two engines in one store would each take the other's files for theirs.
+    if let (Some(d), Some(p)) = (&docker_data_dir, &podman_data_dir) {
+        if path_within(d, p) || path_within(p, d) {
             ck.err(
                 "DEFAULT",
-                Some("docker_data_dir"),
-                "set, but the service has no container resource",
+                Some("podman_data_dir"),
+                format!("'{p}' overlaps docker_data_dir '{d}': each engine needs a directory of its own"),
             );
         }
     }
@@ -1059,10 +1161,33 @@ pub fn parse_service(file: &str, text: &str) -> Result<ServiceConfig, ConfigErro
         service_type: default.get("service_type").map(|s| s.trim().to_string()),
         docker_data_dir,
         docker_daemon_args,
+        podman_data_dir,
         resources,
         sync,
         text: text.to_string(),
     })
+}
+
+/// One `ulimit` value: `name=soft[:hard]` (podman's `--ulimit` syntax),
+/// numbers or -1 (unlimited); nothing else reaches podman's command line.
+pub fn check_ulimit(u: &str) -> Result<(), String> {
+    let bad = || format!("'{u}' is not name=soft[:hard] (e.g. nofile=1024:1024)");
+    let (name, limits) = u.split_once('=').ok_or_else(bad)?;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase()) {
+        return Err(bad());
+    }
+    let number = |n: &str| {
+        n == "-1" || (!n.is_empty() && n.len() <= 20 && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let ok = match limits.split_once(':') {
+        Some((soft, hard)) => number(soft) && number(hard),
+        None => number(limits),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(bad())
+    }
 }
 
 /// Start order: kind first; filesystems by mountpoint depth so that a
@@ -1466,6 +1591,116 @@ schedule = 03:59-05:59
         assert!(parse_node_config("f", "[peer node2.lab]\nhost_id = 2\n").is_ok());
     }
 
+    const PODBOX: &str = "[DEFAULT]\nnodes = n1\npodman_data_dir = /srv/podbox/containers\n\
+        [fs#1]\ndev = /dev/x\nmnt = /srv/podbox\ntype = ext4\n\
+        [container#1]\ntype = podman\nrun_image = local/pod:1\nulimit = nofile=1024:1024 nproc=512\n";
+
+    #[test]
+    fn podman_containers() {
+        let svc = parse_service("/x/podbox.conf", PODBOX).expect("valid");
+        assert_eq!(
+            svc.podman_data_dir.as_deref(),
+            Some("/srv/podbox/containers")
+        );
+        assert_eq!(svc.docker_data_dir, None);
+        let Some(ResourceConfig::Container(c)) =
+            svc.resource("container#1").map(|r| r.config.clone())
+        else {
+            panic!("no container#1");
+        };
+        assert_eq!(c.runtime, ContainerRuntime::Podman);
+        assert_eq!(c.ulimits, vec!["nofile=1024:1024", "nproc=512"]);
+        // docker stays the meaning of a plain seed config
+        let seed = parse_service(
+            "/x/s.conf",
+            "[DEFAULT]\nnodes = n1\n[container#1]\ntype = docker\nrun_image = i\n",
+        )
+        .expect("valid");
+        let Some(ResourceConfig::Container(d)) =
+            seed.resource("container#1").map(|r| r.config.clone())
+        else {
+            panic!("no container#1");
+        };
+        assert_eq!(d.runtime, ContainerRuntime::Docker);
+        assert!(d.ulimits.is_empty());
+    }
+
+    #[test]
+    fn podman_storage_must_follow_the_service() {
+        let no_dir = PODBOX.replace("podman_data_dir = /srv/podbox/containers\n", "");
+        let e = errors(&no_dir);
+        assert!(
+            e.iter().any(|l| l
+                .contains("[DEFAULT] podman_data_dir: required by the type = podman container")),
+            "{e:?}"
+        );
+        let outside = PODBOX.replace("/srv/podbox/containers", "/var/lib/containers");
+        let e = errors(&outside);
+        assert!(
+            e.iter().any(|l| l.contains(
+                "podman_data_dir: '/var/lib/containers' is not inside any fs mountpoint"
+            )),
+            "{e:?}"
+        );
+        let both = PODBOX.replace("[fs#1]", "docker_data_dir = /srv/podbox\n[fs#1]");
+        let e = errors(&both);
+        assert!(
+            e.iter().any(
+                |l| l.contains("docker_data_dir: set, but the service has no docker container")
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|l| l.contains("overlaps docker_data_dir")),
+            "{e:?}"
+        );
+        let docker = PODBOX.replace("type = podman", "type = docker");
+        let e = errors(&docker);
+        assert!(
+            e.iter().any(|l| l.contains(
+                "podman_data_dir: set, but the service has no container of type = podman"
+            )),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|l| l.contains("ulimit: only for type = podman")),
+            "{e:?}"
+        );
+        let e = errors(&PODBOX.replace("type = podman", "type = lxc"));
+        assert!(
+            e.iter()
+                .any(|l| l.contains("'lxc' is not supported (docker or podman)")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn ulimit_values() {
+        for ok in ["nofile=1024:1024", "nproc=512", "core=-1", "nofile=-1:-1"] {
+            assert!(check_ulimit(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "nofile",
+            "=1",
+            "nofile=",
+            "nofile=1:",
+            "NOFILE=1",
+            "nofile=1;rm",
+            "nofile=1:2:3",
+            "--privileged",
+            "nofile=a",
+        ] {
+            assert!(check_ulimit(bad).is_err(), "{bad}");
+        }
+        let e = errors(&PODBOX.replace("nproc=512", "--privileged"));
+        assert!(
+            e.iter()
+                .any(|l| l.contains("ulimit: '--privileged' is not name=soft[:hard]")),
+            "{e:?}"
+        );
+    }
+
     #[test]
     fn each_error_names_file_line_section_key() {
         let text = "[DEFAULT]\nnodes = n1\nbogus = 1\n\n[fs#1]\ndev = /dev/loop0\nmnt = opt/x\ntype = ext4\n";
@@ -1473,7 +1708,7 @@ schedule = 03:59-05:59
         assert_eq!(
             e,
             vec![
-                "/x/svc.conf:3: [DEFAULT] bogus: unknown key (known keys: nodes, autostart_node, app, service_type, docker_data_dir, docker_daemon_args, comment)",
+                "/x/svc.conf:3: [DEFAULT] bogus: unknown key (known keys: nodes, autostart_node, app, service_type, docker_data_dir, docker_daemon_args, podman_data_dir, comment)",
                 "/x/svc.conf:7: [fs#1] mnt: 'opt/x' must be an absolute path without '.' or '..'",
             ]
         );

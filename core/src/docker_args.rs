@@ -118,6 +118,96 @@ pub fn check_file_access(args: &[String]) -> Result<(), String> {
     }
 }
 
+/// podman's global options. Unlike docker's, they are accepted after the
+/// subcommand too (`podman ps --root /elsewhere`), and several name a path
+/// or a program that podman, as root, would use (`--conmon`, `--runtime`,
+/// `--hooks-dir`…): none may appear anywhere in a passthrough's arguments.
+pub const PODMAN_GLOBAL_OPTIONS: &[&str] = &[
+    "--cgroup-manager",
+    "--conmon",
+    "--connection",
+    "--events-backend",
+    "--hooks-dir",
+    "--identity",
+    "--log-level",
+    "--namespace",
+    "--network-cmd-path",
+    "--network-config-dir",
+    "--noout",
+    "--remote",
+    "--root",
+    "--runroot",
+    "--runtime",
+    "--runtime-flag",
+    "--ssh",
+    "--storage-driver",
+    "--storage-opt",
+    "--syslog",
+    "--tmpdir",
+    "--url",
+    "--volumepath",
+    "--module",
+    "--trace",
+];
+
+/// `pull` options of podman's that read a file or directory by path.
+const PODMAN_PULL_FILE_OPTIONS: &[&str] = &["--authfile", "--cert-dir", "--decryption-key"];
+
+/// The checks of [`check_file_access`], plus what podman's CLI adds: global
+/// options after the subcommand (`-r`/`--remote` and `-c`/`--connection`
+/// among them, except `import -c`, which is `--change` there), and `pull`'s
+/// options that read files. The allow-list is docker's.
+pub fn check_podman_args(args: &[String]) -> Result<(), String> {
+    check_docker_args(args)?;
+    check_file_access(args)?;
+    let is_import = matches!(
+        (
+            args.first().map(String::as_str),
+            args.get(1).map(String::as_str)
+        ),
+        (Some("import"), _) | (Some("image"), Some("import"))
+    );
+    let is_pull = matches!(
+        (
+            args.first().map(String::as_str),
+            args.get(1).map(String::as_str)
+        ),
+        (Some("pull"), _) | (Some("image"), Some("pull"))
+    );
+    for a in args.iter().take_while(|a| a.as_str() != "--") {
+        let long = a.split_once('=').map(|(o, _)| o).unwrap_or(a);
+        if PODMAN_GLOBAL_OPTIONS.contains(&long) {
+            return Err(format!(
+                "'{a}': podman's global options are ferry's to set for the service (the storage \
+                 root, the run root, the runtime): they may not be given through ferry"
+            ));
+        }
+        if is_pull && PODMAN_PULL_FILE_OPTIONS.contains(&long) {
+            return Err(refused(&format!("'{a}'")));
+        }
+        if !a.starts_with("--") && a.len() > 1 {
+            if let Some(cluster) = a.strip_prefix('-') {
+                let shorts: &[char] = if is_import { &['r'] } else { &['r', 'c'] };
+                if cluster
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphabetic())
+                    .any(|c| shorts.contains(&c))
+                {
+                    return Err(format!(
+                        "'{a}': podman's -r (--remote) and -c (--connection) may not be given through ferry"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `podman GLOBAL… ARGS…`: the service's global options first.
+pub fn podman_argv(global: &[String], args: &[String]) -> Vec<String> {
+    global.iter().chain(args.iter()).cloned().collect()
+}
+
 /// `docker -H unix://<sock> ARGS…`, as the log shows it.
 pub fn docker_argv(host: &str, args: &[String]) -> Vec<String> {
     let mut v = vec!["-H".to_string(), host.to_string()];
@@ -202,6 +292,45 @@ mod tests {
         assert!(check_file_access(&v(&["import", "http://203.0.113.9/x.tar"])).is_err());
         assert!(check_file_access(&v(&["import"])).is_err());
         assert!(check_file_access(&v(&["image", "import", "/root/x.tar"])).is_err());
+    }
+
+    #[test]
+    fn podman_refusals() {
+        // docker's rules hold
+        assert!(check_podman_args(&v(&["run", "x"])).is_err());
+        assert!(check_podman_args(&v(&["load", "-i", "/etc/shadow"])).is_err());
+        assert!(check_podman_args(&v(&["import", "/etc/shadow", "n"])).is_err());
+        // global options anywhere
+        for bad in [
+            &["ps", "--root", "/elsewhere"][..],
+            &["ps", "--root=/elsewhere"],
+            &["images", "--conmon", "/tmp/x"],
+            &["logs", "--runtime=/tmp/evil", "x"],
+            &["ps", "-r"],
+            &["ps", "-ar"],
+            &["inspect", "-c", "other", "x"],
+            &["image", "ls", "--url", "tcp://203.0.113.9:1"],
+            &["pull", "--authfile", "/root/auth.json", "img"],
+            &["image", "pull", "--cert-dir=/root", "img"],
+            &["import", "-r", "-", "n"],
+        ] {
+            assert!(check_podman_args(&v(bad)).is_err(), "{bad:?} passed");
+        }
+        for ok in [
+            &["ps", "-a"][..],
+            &["import", "-c", "CMD [\"/bin/sh\"]", "-", "local/pod:1"],
+            &["image", "inspect", "--format", "{{.Id}}", "local/pod:1"],
+            &["logs", "--tail", "5", "podbox.container.1"],
+            &["pull", "--creds", "u:p", "img"],
+            // after `--` nothing is an option
+            &["inspect", "--", "--root"],
+        ] {
+            assert!(check_podman_args(&v(ok)).is_ok(), "{ok:?} refused");
+        }
+        assert_eq!(
+            podman_argv(&v(&["--root", "/r"]), &v(&["ps"])),
+            v(&["--root", "/r", "ps"])
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! `ferry docker SVC -- ARGS…`: the helper runs docker against the service's
-//! daemon with our own stdin/stdout/stderr, passed as file descriptors.
+//! daemon with our own stdin/stdout/stderr, passed as file descriptors. For
+//! a `type = podman` container the helper runs podman on the service's
+//! storage instead: same call, same allow-list.
 
 use std::os::fd::AsFd;
 

@@ -335,18 +335,16 @@ async fn let_go(reg: &Arc<Registry>, service: &str) -> (Vec<String>, Vec<String>
     let container_budget = Duration::from_secs(3);
     for r in svc.resources.iter().rev() {
         if let ResourceConfig::Container(c) = &r.config {
-            let stopped = tokio::time::timeout(
-                container_budget,
-                crate::container::engine::stop(&svc, &r.rid, c),
-            )
-            .await
-            .unwrap_or_else(|_| {
-                // The unmount below kills what still uses the filesystem.
-                Ok(vec![format!(
-                    "{}: stop timed out; its processes are killed at the unmount",
-                    r.rid
-                )])
-            });
+            let stopped =
+                tokio::time::timeout(container_budget, crate::container::stop(&svc, &r.rid, c))
+                    .await
+                    .unwrap_or_else(|_| {
+                        // The unmount below kills what still uses the filesystem.
+                        Ok(vec![format!(
+                            "{}: stop timed out; its processes are killed at the unmount",
+                            r.rid
+                        )])
+                    });
             step(&mut log, &mut failures, stopped, &r.rid);
         }
     }

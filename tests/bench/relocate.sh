@@ -10,6 +10,9 @@
 # counted. The Markdown report goes to stdout and to target/bench/relocate.md.
 # FERRY_KEEP_LAB=1 leaves the lab up at the end; BENCH_CALLS (default 20) is
 # the number of samples of each D-Bus / CLI call measurement.
+# The lab also runs service podbox (podman, `lab up --podman`): after the
+# docker rounds, RUNS rounds of `ferry relocate podbox` there and back, in
+# a section of their own beside docker's figures (BENCH_PODMAN=0 skips it).
 set -euo pipefail
 
 RUNS=${1:-5}
@@ -155,6 +158,61 @@ ferry_relocate() {   # FROM TO RUN (RUN = - for a warm-up)
     parse_ferry "$out" "$to" "$run"
     add ferry "$run" wall $((t1 - t0))
   fi
+}
+
+# ------------------------------------------------------------ podman (podbox)
+
+# `ferry relocate podbox` (issue 15): one `ferry relocate` output → samples
+# of source podman: the container's stop and start, the totals, downtime.
+parse_podman() {   # FILE TO RUN
+  awk -v to="$2" -v run="$3" '
+    function ms(line) {
+      if (match(line, /\([0-9]+ ms\)$/)) return substr(line, RSTART + 1, RLENGTH - 5) + 0
+      return -1
+    }
+    function put(key, v) { if (v >= 0) printf "podman %s %s %d\n", run, key, v * 1000 }
+    {
+      remote = (index($0, to ": ") == 1); line = $0
+      if (remote) line = substr(line, length(to) + 3)
+      if (!remote && line ~ /CONTAINER#1 .*no podman process of the service left/) put("c_stop", ms(line))
+      else if (!remote && line ~ / umount \/.*\([0-9]+ ms\)$/) put("umount", ms(line))
+      else if (remote && line ~ /CONTAINER#1 .* is up \([0-9]+ ms\)$/) put("c_start", ms(line))
+      else if (remote && line ~ / mount -t .*\([0-9]+ ms\)$/) put("fs_mount", ms(line))
+      else if (remote && match(line, /start done in [0-9]+ ms/)) {
+        s = substr(line, RSTART, RLENGTH); gsub(/[^0-9]/, "", s); put("start_done", s)
+      } else if (!remote && match(line, /relocated to [^:]+: stop [0-9]+ ms, check down [0-9]+ ms, start [0-9]+ ms; downtime [0-9]+ ms/)) {
+        s = substr(line, RSTART, RLENGTH); gsub(/[^0-9 ]/, " ", s); n = split(s, f, " ")
+        put("stop_total", f[n-3]); put("downtime", f[n])
+      }
+    }' "$1" >>"$SAMPLES"
+}
+
+PODMAN_N=0
+podman_relocate() {   # FROM TO RUN (RUN = - for a warm-up)
+  local from=$1 to=$2 run=$3 out
+  PODMAN_N=$((PODMAN_N + 1))
+  out=$WORK/podman-$PODMAN_N-$from-$to.out
+  STAGE="ferry relocate podbox $from → $to (run $run)"
+  op "$from" ferry relocate podbox --to "$to" >"$out" 2>&1 || { cat "$out" >&2; die "ferry relocate podbox --to $to on $from failed (output above)"; }
+  [[ $run == - ]] || parse_podman "$out" "$to" "$run"
+}
+
+# podbox on node1 and node2, then RUNS rounds there and back (busybox stays
+# where it is: the two services move independently).
+podman_bench() {
+  [[ ${BENCH_PODMAN:-1} == 1 ]] || return 0
+  local pconf=/etc/ferry/services/podbox.conf r
+  STAGE="podbox set-up (nodes = node1 node2, reload, sync, start)"
+  say "podman: podbox on two nodes, warm-up, then $RUNS rounds there and back"
+  root node1 sed -i 's/^nodes = .*/nodes = node1 node2/' "$pconf"
+  { op node1 ferry reload && op node1 ferry sync podbox --force && op node1 ferry start podbox; } \
+    >"$WORK/podman-setup.out" 2>&1 || { cat "$WORK/podman-setup.out" >&2; die "podbox set-up failed"; }
+  podman_relocate node1 node2 -
+  podman_relocate node2 node1 -
+  for ((r = 1; r <= RUNS; r++)); do
+    podman_relocate node1 node2 "$r.1"
+    podman_relocate node2 node1 "$r.2"
+  done
 }
 
 # ------------------------------------------------------------ plain shell
@@ -371,7 +429,7 @@ cell() {   # SOURCE KEY [plain]: "median (min–max)" in ms, "–" when no sampl
 T_BEGIN=$(now_us)
 STAGE="lab up 2"
 say "building a two-node lab"
-"$LAB" up 2 >"$WORK/lab-up.log" 2>&1 || { cat "$WORK/lab-up.log" >&2; die "lab up 2 failed (output above)"; }
+"$LAB" up 2 $( [[ ${BENCH_PODMAN:-1} == 1 ]] && echo --podman ) >"$WORK/lab-up.log" 2>&1 || { cat "$WORK/lab-up.log" >&2; die "lab up 2 failed (output above)"; }
 
 RSS_IDLE1=$(helper_rss_kb node1)
 RSS_IDLE2=$(helper_rss_kb node2)
@@ -412,6 +470,8 @@ time_calls status_cli    node1 op   ferry status "$SVC" --local
 
 RSS_AFTER1=$(helper_rss_kb node1)
 RSS_AFTER2=$(helper_rss_kb node2)
+
+podman_bench
 
 STAGE="writing the report"
 derive_sum shell ip_add   arp_probe ip_addr_add
@@ -472,6 +532,24 @@ mkdir -p "$OUTDIR"
   echo
   echo "Not part of the downtime: ferry's pre-check of the target (ssh, same config, service down there) $(cell ferry precheck); the whole \`ferry relocate\` process seen from the host (incl. \`lab exec\`) $(cell ferry wall)."
   echo
+  if [[ ${BENCH_PODMAN:-1} == 1 ]]; then
+    echo "## podman: service podbox, beside docker's busybox (same run)"
+    echo
+    echo "podbox: ip, sanlock lease (io_timeout 1), one ext4, one container run by rootful podman (storage on the ext4, no daemon). $((2 * RUNS)) \`ferry relocate podbox\` after one uncounted round; busybox stays up on node1 meanwhile. The docker column repeats busybox's figures from above (it also has a VG and two fs)."
+    echo
+    echo "| step | podman (podbox) median (min–max) | docker (busybox) median (min–max) |"
+    echo "| --- | --- | --- |"
+    echo "| container stop (podman: \`podman stop\` until conmon is gone; docker: \`docker stop\`) | $(cell podman c_stop) | $(cell ferry c_stop) |"
+    echo "| daemon stop | – (no daemon) | $(cell ferry d_stop) |"
+    echo "| \`umount\` | $(cell podman umount) | $(cell ferry umount) |"
+    echo "| **stop total** | $(cell podman stop_total) | $(cell ferry stop_total) |"
+    echo "| fs: \`e2fsck -p\` + \`mount\` | $(cell podman fs_mount) | $(cell ferry fs_mount) |"
+    echo "| daemon start | – (no daemon) | $(cell ferry d_start) |"
+    echo "| container start (podman: \`podman start\` + one inspect) | $(cell podman c_start) | $(cell ferry c_start) |"
+    echo "| **start total on the target** | $(cell podman start_done) | $(cell ferry start_done) |"
+    echo "| **downtime** | $(cell podman downtime) | $(cell ferry downtime) |"
+    echo
+  fi
   echo "## Calls ($CALLS each, in node1 while the service is up, timed in-node around the whole process)"
   echo
   echo "| what | median (min–max) ms | note |"

@@ -335,7 +335,7 @@ pub fn check_data_root(
     }
 }
 
-fn service_fs_mnts(svc: &ServiceConfig) -> Vec<&str> {
+pub(super) fn service_fs_mnts(svc: &ServiceConfig) -> Vec<&str> {
     svc.resources
         .iter()
         .filter(|r| r.kind() == Kind::Fs)
@@ -351,20 +351,30 @@ fn service_fs_mnts(svc: &ServiceConfig) -> Vec<&str> {
 
 /// One process of this mount namespace, as /proc shows it.
 #[derive(Debug, Clone)]
-struct Proc {
-    pid: i32,
+pub(super) struct Proc {
+    pub(super) pid: i32,
     ppid: i32,
     /// Owner of /proc/PID: the process's user.
     uid: u32,
-    argv: Vec<String>,
+    pub(super) argv: Vec<String>,
 }
 
 impl Proc {
     /// Only root's processes can be the service's daemons: anyone can start
     /// a process named dockerd with our pidfile in its arguments, and the
     /// helper would then wait on it (or signal it) instead of starting its own.
-    fn is_root(&self) -> bool {
+    pub(super) fn is_root(&self) -> bool {
         self.uid == 0
+    }
+
+    #[cfg(test)]
+    pub(super) fn for_test(argv: Vec<String>) -> Proc {
+        Proc {
+            pid: 1,
+            ppid: 0,
+            uid: 0,
+            argv,
+        }
     }
 }
 
@@ -383,7 +393,7 @@ fn stat(pid: i32) -> Option<(char, i32)> {
 }
 
 /// Running, sleeping, stopped…: anything but gone, zombie or dead.
-fn alive(pid: i32) -> bool {
+pub(super) fn alive(pid: i32) -> bool {
     matches!(stat(pid), Some((s, _)) if s != 'Z' && s != 'X')
 }
 
@@ -440,18 +450,18 @@ fn scan(our_ns: bool) -> Vec<Proc> {
 
 /// Live processes of our mount namespace: another lab node runs the same
 /// service with the same paths in its own.
-fn procs() -> Vec<Proc> {
+pub(super) fn procs() -> Vec<Proc> {
     scan(true)
 }
 
-fn program_is(argv: &[String], name: &str) -> bool {
+pub(super) fn program_is(argv: &[String], name: &str) -> bool {
     argv.first()
         .and_then(|a| Path::new(a).file_name())
         .is_some_and(|n| n == name)
 }
 
 /// `flag value` or `flag=value` among the arguments.
-fn has_option(argv: &[String], flag: &str, value: &Path) -> bool {
+pub(super) fn has_option(argv: &[String], flag: &str, value: &Path) -> bool {
     let value = value.to_string_lossy();
     argv.windows(2)
         .any(|w| w[0] == flag && w[1] == value.as_ref())
@@ -489,7 +499,7 @@ async fn wait_gone(pid: i32, bound: Duration) -> bool {
 }
 
 /// SIGTERM, wait (bounded), SIGKILL, wait. Returns what was done.
-async fn terminate(pid: i32, what: &str) -> Result<String> {
+pub(super) async fn terminate(pid: i32, what: &str) -> Result<String> {
     let t0 = Instant::now();
     if kill(Pid::from_raw(pid), Signal::SIGTERM).is_err() || wait_gone(pid, EXIT_TIMEOUT).await {
         return Ok(format!(
@@ -572,7 +582,11 @@ fn unmount_leftovers(svc: &ServiceConfig, data_dir: &str) -> Vec<String> {
 
 /// Mountpoints at or below the data root, topmost first, the service's own
 /// fs mountpoints excepted.
-fn leftover_mounts(mounts: &[MountEntry], data_dir: &str, fs_mnts: &[&str]) -> Vec<String> {
+pub(super) fn leftover_mounts(
+    mounts: &[MountEntry],
+    data_dir: &str,
+    fs_mnts: &[&str],
+) -> Vec<String> {
     mounts
         .iter()
         .rev()
@@ -708,7 +722,7 @@ fn remove_file(p: &Path) {
     }
 }
 
-fn mkdir_private(dir: &Path) -> Result<()> {
+pub(super) fn mkdir_private(dir: &Path) -> Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -719,7 +733,7 @@ fn mkdir_private(dir: &Path) -> Result<()> {
         .map_err(|e| HelperError::failed(format!("cannot chmod {}: {e}", dir.display())))
 }
 
-fn write_private(p: &Path, text: &str) -> Result<()> {
+pub(super) fn write_private(p: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     std::fs::OpenOptions::new()
         .create(true)

@@ -1,18 +1,22 @@
-//! Containers (`type = docker`): the service's private docker daemon and the
-//! container it runs.
+//! Containers: `type = docker` (the service's private docker daemon and the
+//! container it runs) and `type = podman` (no daemon).
 //!
 //! - [`daemon`]: the per-service containerd + dockerd, data root on the
 //!   service's shared filesystem, sockets and pidfiles node-local;
-//! - [`engine`]: the container itself, through the Docker API;
-//! - [`passthrough`]: `ferry docker SVC -- ARGS…` for allowed subcommands.
+//! - [`engine`]: the docker container itself, through the Docker API;
+//! - [`podman`]: the podman container, through podman's CLI, storage root
+//!   on the shared filesystem, run root and tmp dir node-local;
+//! - [`passthrough`]: `ferry docker SVC -- ARGS…` for allowed subcommands,
+//!   run by docker or podman, whichever runs the container.
 
 pub mod daemon;
 pub mod engine;
 pub mod passthrough;
+pub mod podman;
 
 use std::collections::HashMap;
 
-use ferry_core::config::{ContainerConfig, ServiceConfig};
+use ferry_core::config::{ContainerConfig, ContainerRuntime, ServiceConfig};
 use ferry_core::dbus::CheckResult;
 use ferry_core::status::ResourceStatus;
 use zbus::message::Header;
@@ -26,6 +30,9 @@ pub struct ContainerObject {
 }
 
 pub async fn status(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> ResourceStatus {
+    if c.runtime == ContainerRuntime::Podman {
+        return podman::status(svc, rid, c).await;
+    }
     let s = engine::status(svc, rid, c).await;
     // A daemon that does not answer may still run, holding the data root
     // on the shared fs: that is not "down".
@@ -45,6 +52,28 @@ pub async fn status(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> Reso
 
 fn config(ctx: &ResCtx) -> Result<(std::sync::Arc<ServiceConfig>, ContainerConfig)> {
     ctx.config()
+}
+
+/// Start the container with the engine its `type` names.
+pub async fn start(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> Result<Vec<String>> {
+    match c.runtime {
+        ContainerRuntime::Docker => engine::start(svc, rid, c).await,
+        ContainerRuntime::Podman => podman::start(svc, rid, c).await,
+    }
+}
+
+/// Stop the container with the engine its `type` names.
+pub async fn stop(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> Result<Vec<String>> {
+    match c.runtime {
+        ContainerRuntime::Docker => engine::stop(svc, rid, c).await,
+        ContainerRuntime::Podman => podman::stop(svc, rid, c).await,
+    }
+}
+
+/// Podman has no daemon: its Start/StopDaemon do nothing, and say so.
+fn no_daemon(c: &ContainerConfig) -> Option<Vec<String>> {
+    (c.runtime == ContainerRuntime::Podman)
+        .then(|| vec!["podman runs no daemon: nothing to do".to_string()])
 }
 
 /// The first argument must be an allowed subcommand (the check itself is
@@ -101,7 +130,10 @@ impl ContainerObject {
     ) -> Result<Vec<String>> {
         let ctx = &self.ctx;
         ctx.privileged(conn, &header, "io.ferry.container.start-daemon", || async {
-            let (svc, _) = config(ctx)?;
+            let (svc, c) = config(ctx)?;
+            if let Some(log) = no_daemon(&c) {
+                return Ok(log);
+            }
             daemon::start(&svc).await
         })
         .await
@@ -115,7 +147,10 @@ impl ContainerObject {
     ) -> Result<Vec<String>> {
         let ctx = &self.ctx;
         ctx.privileged(conn, &header, "io.ferry.container.stop-daemon", || async {
-            let (svc, _) = config(ctx)?;
+            let (svc, c) = config(ctx)?;
+            if let Some(log) = no_daemon(&c) {
+                return Ok(log);
+            }
             daemon::stop(&svc).await
         })
         .await
@@ -131,7 +166,7 @@ impl ContainerObject {
         let ctx = &self.ctx;
         ctx.privileged(conn, &header, "io.ferry.container.start", || async {
             let (svc, c) = config(ctx)?;
-            engine::start(&svc, &ctx.rid, &c).await
+            start(&svc, &ctx.rid, &c).await
         })
         .await
     }
@@ -145,7 +180,7 @@ impl ContainerObject {
         let ctx = &self.ctx;
         ctx.privileged(conn, &header, "io.ferry.container.stop", || async {
             let (svc, c) = config(ctx)?;
-            engine::stop(&svc, &ctx.rid, &c).await
+            stop(&svc, &ctx.rid, &c).await
         })
         .await
     }
@@ -174,11 +209,18 @@ impl ContainerObject {
     fn settings(&self) -> HashMap<String, String> {
         let mut m = HashMap::new();
         if let Ok((svc, c)) = config(&self.ctx) {
-            m.insert("type".into(), "docker".into());
+            m.insert("type".into(), c.runtime.as_str().into());
             m.insert("run_image".into(), c.run_image);
             m.insert("stop_timeout".into(), c.stop_timeout.to_string());
-            if let Some(d) = &svc.docker_data_dir {
-                m.insert("docker_data_dir".into(), d.clone());
+            let (key, dir) = match c.runtime {
+                ContainerRuntime::Docker => ("docker_data_dir", &svc.docker_data_dir),
+                ContainerRuntime::Podman => ("podman_data_dir", &svc.podman_data_dir),
+            };
+            if let Some(d) = dir {
+                m.insert(key.into(), d.clone());
+            }
+            if !c.ulimits.is_empty() {
+                m.insert("ulimit".into(), c.ulimits.join(" "));
             }
             m.insert(
                 "container_name".into(),

@@ -8,12 +8,18 @@
 //! stdout instead, with its own rights. The CLI gets a clean environment and
 //! an empty node-local DOCKER_CONFIG: no user's config, context or credential
 //! helper is ever read.
+//!
+//! A `type = podman` container's service gets podman instead, with the same
+//! allow-list and refusals, plus podman's own (its global options are
+//! accepted after the subcommand too: none may be given). Podman has no
+//! daemon to start on demand: it runs only where the service's storage is
+//! up here (the guard of a start: address and lease here, every fs mounted).
 
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 
-use ferry_core::config::{ResourceConfig, ServiceConfig};
+use ferry_core::config::{ContainerConfig, ContainerRuntime, ResourceConfig, ServiceConfig};
 use ferry_core::status::State;
 use tracing::info;
 use zbus::message::Header;
@@ -57,12 +63,19 @@ pub async fn serve(
             .log();
         e
     };
-    super::check_docker_args(&args).map_err(deny)?;
-    check_file_access(&args).map_err(deny)?;
-    let svc = ctx.service_config().map_err(deny)?;
+    let (svc, c) = ctx.config::<ContainerConfig>().map_err(deny)?;
+    let podman = c.runtime == ContainerRuntime::Podman;
+    if podman {
+        ferry_core::docker_args::check_podman_args(&args)
+            .map_err(HelperError::InvalidArgument)
+            .map_err(deny)?;
+    } else {
+        super::check_docker_args(&args).map_err(deny)?;
+        check_file_access(&args).map_err(deny)?;
+    }
     // The host's own daemon runs containers that are not the service's:
     // handing it to a caller granted this service would grant them all.
-    if svc.docker_data_dir.is_none() {
+    if !podman && svc.docker_data_dir.is_none() {
         return Err(deny(HelperError::InvalidArgument(format!(
             "service '{}' uses the host's docker daemon: `ferry docker` serves only services \
              with a private daemon (docker_data_dir)",
@@ -86,20 +99,26 @@ pub async fn serve(
     // A new service has no image yet: `images`, `load`, `import`, `pull`
     // need the daemon before any container exists. Start it here, as a
     // start would, under the same rules (and its own polkit action).
-    if !daemon::is_running(&svc).await {
-        if let Err(e) = start_on_demand(ctx, &svc, header, conn).await {
-            Record::new(Some(&who), ACTION, service, rid, Outcome::Failed)
-                .args(&args)
-                .error(&e)
-                .log();
-            return Err(e);
-        }
+    // Podman needs no daemon, only the storage, under the same rules.
+    let ready = if podman {
+        storage_up_here(ctx, &svc).await
+    } else if !daemon::is_running(&svc).await {
+        start_on_demand(ctx, &svc, header, conn).await
+    } else {
+        Ok(())
+    };
+    if let Err(e) = ready {
+        Record::new(Some(&who), ACTION, service, rid, Outcome::Failed)
+            .args(&args)
+            .error(&e)
+            .log();
+        return Err(e);
     }
     // A caller that goes away (Ctrl-C on `ferry docker … -- attach`) must
     // not leave docker holding its terminal: dropping the run future kills
     // the CLI.
     let outcome = tokio::select! {
-        r = run(&svc, &args, stdin.into(), stdout.into(), stderr.into()) => r,
+        r = run_engine(podman, &svc, &args, stdin.into(), stdout.into(), stderr.into()) => r,
         _ = super::caller_gone(conn, &who.sender) => {
             tracing::info!(uid = who.uid, service = %service, "docker caller left the bus: docker CLI killed");
             Err(HelperError::failed("the caller left"))
@@ -160,11 +179,18 @@ fn storage_rids(svc: &ServiceConfig) -> Vec<&str> {
 }
 
 fn storage_not_up(svc: &ServiceConfig, why: &str) -> HelperError {
+    let podman = svc.podman_data_dir.is_some() && svc.docker_data_dir.is_none();
+    let what = if podman {
+        "podman runs only where the service's storage is up".to_string()
+    } else {
+        format!(
+            "docker daemon of service {} is not running, and ferry starts it on demand only \
+             where the service's storage is up",
+            svc.name
+        )
+    };
     HelperError::DaemonNotRunning(format!(
-        "docker daemon of service {} is not running, and ferry starts it on demand only where \
-         the service's storage is up: {why}. Start the storage first: \
-         `ferry start {} --rid {}`",
-        svc.name,
+        "{what}: {why}. Start the storage first: `ferry start {} --rid {}`",
         svc.name,
         storage_rids(svc).join(",")
     ))
@@ -195,6 +221,59 @@ async fn storage_up_here(ctx: &ResCtx, svc: &ServiceConfig) -> Result<()> {
 /// in ferry-core, where the fuzz targets reach it).
 pub fn check_file_access(args: &[String]) -> Result<()> {
     ferry_core::docker_args::check_file_access(args).map_err(HelperError::InvalidArgument)
+}
+
+async fn run_engine(
+    podman: bool,
+    svc: &ServiceConfig,
+    args: &[String],
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+) -> Result<i32> {
+    if podman {
+        run_podman(svc, args, stdin, stdout, stderr).await
+    } else {
+        run(svc, args, stdin, stdout, stderr).await
+    }
+}
+
+/// podman with the service's global options and ferry's containers.conf,
+/// on the caller's descriptors.
+pub async fn run_podman(
+    svc: &ServiceConfig,
+    args: &[String],
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+) -> Result<i32> {
+    // serve() checked already; kept so that this is safe on its own.
+    ferry_core::docker_args::check_podman_args(args).map_err(HelperError::InvalidArgument)?;
+    super::podman::storage_mounted(svc)?;
+    let dir = svc
+        .podman_data_dir
+        .as_deref()
+        .ok_or_else(|| HelperError::failed("no podman_data_dir"))?;
+    let p = super::podman::prepare(svc)?;
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    info!(target: "exec", service = %svc.name, "podman --root {dir} {}", crate::audit::clean_args(args));
+    let mut cmd = super::podman::command(&p, dir, &a);
+    cmd.env(super::podman::PASSTHROUGH_ENV, "1")
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr));
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| HelperError::failed(format!("cannot run podman: {e}")))?;
+    drop(cmd);
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| HelperError::failed(format!("podman: {e}")))?;
+    Ok(status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1))
 }
 
 pub async fn run(
