@@ -25,8 +25,13 @@ pub struct ContainerObject {
     pub ctx: ResCtx,
 }
 
-pub async fn status(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> ResourceStatus {
-    let s = engine::status(svc, rid, c).await;
+/// The container's status, and its main process's pid when it runs.
+pub async fn status(
+    svc: &ServiceConfig,
+    rid: &str,
+    c: &ContainerConfig,
+) -> (ResourceStatus, Option<i64>) {
+    let (s, pid) = engine::status(svc, rid, c).await;
     // A daemon that does not answer may still run, holding the data root
     // on the shared fs: that is not "down".
     // (A daemon that answers without the container is the tutorial's
@@ -36,11 +41,12 @@ pub async fn status(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> Reso
         .iter()
         .any(|c| c == ferry_core::status::DAEMON_NOT_RUNNING);
     if s.state() == ferry_core::status::State::Down && daemon_down && daemon::has_processes(svc) {
-        return ResourceStatus::new(rid, ferry_core::status::State::Warn, &s.label).with_comment(
+        let s = ResourceStatus::new(rid, ferry_core::status::State::Warn, &s.label).with_comment(
             "processes of the service's docker daemon still run here, though it does not answer",
         );
+        return (s, None);
     }
-    s
+    (s, pid)
 }
 
 fn config(ctx: &ResCtx) -> Result<(std::sync::Arc<ServiceConfig>, ContainerConfig)> {
