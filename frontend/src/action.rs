@@ -185,7 +185,7 @@ fn plan<'a>(
         .resources
         .iter()
         .filter(|r| r.kind() == Kind::Ip)
-        .all(|r| has(r));
+        .all(has);
     let Some(lease) = lease.filter(|l| whole && !was_up(&l.rid)) else {
         return selected.iter().map(|r| Step::Whole(r)).collect();
     };

@@ -136,7 +136,10 @@ fn require_device(ctx: &ResCtx, c: &IpConfig) -> Result<()> {
 pub enum Probe {
     Running,
     /// Nobody answered within the window; `ran`: how long it took.
-    Free { ended: Instant, ran: Duration },
+    Free {
+        ended: Instant,
+        ran: Duration,
+    },
     /// Another host answers for the address (the message says who).
     InUse(String),
     /// The probe itself failed (no device, socket error).

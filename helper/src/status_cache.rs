@@ -235,11 +235,7 @@ mod tests {
             ("s".into(), "container#1".into()),
             Seen {
                 generation: 0,
-                status: ResourceStatus::new(
-                    "container#1",
-                    ferry_core::status::State::Up,
-                    "x",
-                ),
+                status: ResourceStatus::new("container#1", ferry_core::status::State::Up, "x"),
                 container: me,
                 daemon: None,
             },

@@ -123,7 +123,14 @@ async fn vg_state_from_lvm(vg: &str) -> Result<VgState> {
     if lv_count > 0 {
         let out = cmd::run_ok(
             "lvs",
-            &["--noheadings", "--separator", "|", "-o", "lv_name,lv_active", vg],
+            &[
+                "--noheadings",
+                "--separator",
+                "|",
+                "-o",
+                "lv_name,lv_active",
+                vg,
+            ],
         )
         .await?;
         for line in out.stdout.lines() {

@@ -242,7 +242,10 @@ pub async fn status(
         Observation::Found(o) if o.running && o.pid > 0 => Some(o.pid),
         _ => None,
     };
-    (map_status(rid, &c.run_image, &obs, image_id.as_deref()), pid)
+    (
+        map_status(rid, &c.run_image, &obs, image_id.as_deref()),
+        pid,
+    )
 }
 
 /// The container's last log lines, for an error message.
