@@ -105,8 +105,9 @@ pub async fn start(
                     touched.push(r);
                 }
                 let ended = t0.elapsed().as_millis();
+                // The helper measured "ago" as the add call began.
                 if let Some((ran, ago)) = probe {
-                    let end = ended.saturating_sub(ago);
+                    let end = began.saturating_sub(ago);
                     timeline.push(("probe".into(), end.saturating_sub(ran), end));
                 }
                 timeline.push((step.name(), began, ended));

@@ -264,8 +264,8 @@ async fn add(ctx: &ResCtx) -> Result<Vec<String>> {
             let waited = called.elapsed().as_millis();
             let ago = ended.elapsed().as_millis();
             log.push(format!(
-                "{addr} is free: the claim's probe saw no answer in {} ms (probe ran {} ms, \
-                 ended {ago} ms ago; waited {waited} ms for it)",
+                "checking {addr} availability: free, the claim's probe saw no answer in {} ms \
+                 (probe ran {} ms, ended {ago} ms ago; waited {waited} ms for it)",
                 c.probe_ms,
                 ran.as_millis()
             ));

@@ -480,8 +480,8 @@ async fn release(node: &str, c: &VgConfig) -> Result<Vec<String>> {
 
 #[interface(name = "io.ferry.Helper1.Vg")]
 impl VgObject {
-    /// This resource's line of the service's status (recent, not fresh, for
-    /// callers without a stake: see crate::status_cache).
+    /// This resource's line of the service's status, as of now, from
+    /// cheap checks (see crate::status_cache).
     async fn check(
         &self,
         #[zbus(header)] header: Header<'_>,

@@ -88,8 +88,8 @@ async fn caller_gone(conn: &Connection, sender: &str) {
 
 #[interface(name = "io.ferry.Helper1.Container")]
 impl ContainerObject {
-    /// This resource's line of the service's status (recent, not fresh, for
-    /// callers without a stake: see crate::status_cache).
+    /// This resource's line of the service's status, as of now, from
+    /// cheap checks (see crate::status_cache).
     async fn check(
         &self,
         #[zbus(header)] header: Header<'_>,
