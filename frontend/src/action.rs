@@ -327,3 +327,55 @@ async fn stop_list(
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> ServiceConfig {
+        let text = include_str!("../../tests/configs/good-lease/busybox.conf");
+        ferry_core::config::parse_service("busybox.conf", text).expect("the lab's config parses")
+    }
+
+    fn names(steps: &[Step<'_>]) -> Vec<String> {
+        steps.iter().map(Step::name).collect()
+    }
+
+    #[test]
+    fn a_whole_start_with_a_lease_claims_first_and_adds_the_address_last() {
+        let cfg = cfg();
+        let all = select(&cfg, &[]).expect("all resources");
+        let steps = plan(&cfg, &all, &|_| false);
+        assert_eq!(
+            names(&steps),
+            [
+                "lease#1 (claim)",
+                "vg#1",
+                "fs#1",
+                "container#1 (daemon)",
+                "ip#1",
+                "container#1"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_subset_or_a_held_lease_keeps_the_config_order() {
+        let cfg = cfg();
+        let rids = ["lease#1".to_string(), "vg#1".to_string()];
+        let some = select(&cfg, &rids).expect("subset");
+        assert_eq!(names(&plan(&cfg, &some, &|_| false)), ["lease#1", "vg#1"]);
+        let all = select(&cfg, &[]).expect("all resources");
+        let held = plan(&cfg, &all, &|rid| rid == "lease#1");
+        assert!(held.iter().all(|s| matches!(s, Step::Whole(_))));
+        assert_eq!(held[0].name(), "ip#1");
+    }
+
+    #[test]
+    fn the_probe_span_is_read_from_the_add_line() {
+        let line = "checking 203.0.113.25 availability: free, the claim's probe saw no answer \
+                    in 200 ms (probe ran 201 ms, ended 305 ms ago; waited 0 ms for it)";
+        assert_eq!(probe_span(line), Some((201, 305)));
+        assert_eq!(probe_span("ip addr add 203.0.113.25/24 dev lab0"), None);
+    }
+}

@@ -588,3 +588,48 @@ impl VgObject {
         m
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A PV's first 4 KiB as pvcreate writes it: the label in sector 1, one
+    /// data area at 1 MiB, one metadata area at 4 KiB.
+    fn pv_block(mda: u64) -> Vec<u8> {
+        let mut b = vec![0u8; 4096];
+        let l = 512;
+        b[l..l + 8].copy_from_slice(b"LABELONE");
+        b[l + 8..l + 16].copy_from_slice(&1u64.to_le_bytes());
+        b[l + 20..l + 24].copy_from_slice(&32u32.to_le_bytes());
+        b[l + 24..l + 32].copy_from_slice(b"LVM2 001");
+        let h = l + 32 + 40;
+        b[h..h + 8].copy_from_slice(&(1u64 << 20).to_le_bytes());
+        // (terminator of the data areas at h + 16: zeros)
+        b[h + 32..h + 40].copy_from_slice(&mda.to_le_bytes());
+        b[h + 40..h + 48].copy_from_slice(&(1u64 << 20).to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn the_metadata_area_is_found_from_the_label() {
+        assert_eq!(mda_offset(&pv_block(4096)), Some(4096));
+        assert_eq!(mda_offset(&pv_block(0)), None);
+        assert_eq!(mda_offset(&[0u8; 4096]), None);
+        assert_eq!(mda_offset(&[0u8; 100]), None);
+    }
+
+    #[test]
+    fn device_mapper_names_double_the_dashes() {
+        assert_eq!(dm_name("vg-a", "lv-b"), "vg--a-lv--b");
+        assert_eq!(dm_name("vgbusybox", "data"), "vgbusybox-data");
+    }
+
+    #[test]
+    fn no_physical_volume_no_fingerprint() {
+        assert_eq!(metadata_fingerprint(&[]), None);
+        assert_eq!(
+            metadata_fingerprint(&["/nonexistent/ferry-pv".to_string()]),
+            None
+        );
+    }
+}

@@ -8,15 +8,18 @@
 SOCK=/var/lib/ferry/busybox/docker.sock
 
 # the state word of RID in `ferry status --local` as op
-st() { as op node1 ferry status busybox --local | awk -v rid="$1" '$0 ~ "- "rid" " {print $4; exit}'; }
+st() { as op node1 ferry status busybox --local | sed -n "s/.*- $1 *\.\.\.\. \([a-z\/]*\) .*/\1/p"; }
 warm() { as op node1 ferry status busybox --local >/dev/null; as op node1 ferry status busybox --local >/dev/null; }
-restart() { as op node1 ferry start busybox >/dev/null 2>&1 || true; }
+restart() { as op node1 ferry start busybox || true; }
 
 t_start_and_warm() {
   expect_ok as op node1 ferry start busybox
   warm
   expect_ok as op node1 ferry status busybox --local
   contains "overall                   up"
+  for rid in ip#1 lease#1 vg#1 fs#1 fs#2 container#1; do
+    [ "$(st $rid)" = up ] || fail "$rid is not up after the start (status reads '$(st $rid)')"
+  done
 }
 
 t_address_removed_behind_ferrys_back() {
