@@ -361,6 +361,19 @@ pub(crate) async fn untag(node: &str, c: &VgConfig) -> Result<Vec<String>> {
 }
 
 pub(crate) async fn activate(c: &VgConfig, on: bool) -> Result<Vec<String>> {
+    // A VG without logical volumes has nothing to (de)activate: no LVM
+    // command when the helper knows that (its metadata unchanged since).
+    let known_empty = known()
+        .iter()
+        .any(|(n, k)| *n == c.vgname && k.state.lv_count == 0);
+    if known_empty && vg_state(&c.vgname).await.is_ok_and(|s| s.lv_count == 0) {
+        let verb = if on { "activate" } else { "deactivate" };
+        return Ok(vec![format!(
+            "{} has no logical volume: nothing to {verb} (vgchange -a {} skipped)",
+            c.vgname,
+            if on { "y" } else { "n" }
+        )]);
+    }
     let mut log = Vec::new();
     let done = vgchange(&mut log, &["-a", if on { "y" } else { "n" }, &c.vgname]).await;
     // Which LVs are active changed: read it again next time (a VG without

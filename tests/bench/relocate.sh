@@ -108,6 +108,7 @@ parse_ferry() {
         else if (line ~ / docker daemon stopped in /)                 put("d_stop", ms(line))
         else if (line ~ / umount \/.*\([0-9]+ ms\)$/)               add("umount", ms(line))
         else if (line ~ / vgchange -a n /)                            put("vg_deact", ms(line))
+        else if (line ~ /nothing to deactivate/)                      put("vg_deact", ms(line))
         else if (line ~ / vgchange --deltag /)                        put("vg_untag", ms(line))
         else if (line ~ / ip addr del /)                              put("ip_del", ms(line))
         else if (line ~ / release lease /)                            put("lease_rel", ms(line))
@@ -133,6 +134,7 @@ parse_ferry() {
         else if (line ~ / acquire lease /)                            put("lease_acq", ms(line))
         else if (line ~ / vgchange --addtag /)                        put("vg_tag", ms(line))
         else if (line ~ / vgchange -a y /)                            put("vg_act", ms(line))
+        else if (line ~ /nothing to activate/)                        put("vg_act", ms(line))
         else if (line ~ / mount -t .*\([0-9]+ ms\)$/)               add("fs_mount", ms(line))
         else if (line ~ / docker daemon answers .*\([0-9]+ ms\)$/)  put("d_start", ms(line))
         else if (line ~ / is up \([0-9]+ ms\)$/)                     put("c_start", ms(line))
@@ -482,7 +484,7 @@ mkdir -p "$OUTDIR"
   row "container stop (\`docker stop -t 10\`, until exited)" c_stop c_stop 65
   row "daemon stop (containerd + dockerd SIGTERM, until gone)" d_stop d_stop 25
   row "\`umount\` (\`-R\`) both fs (fs#2 inside fs#1)" umount umount 7
-  row "\`vgchange -a n\`" vg_deact vg_deact ""
+  row "\`vgchange -a n\` (ferry: skipped for a VG it knows has no LV)" vg_deact vg_deact ""
   row "\`vgchange --deltag\`" vg_untag vg_untag ""
   row "lease release (sanlock, through the library; shell: no lease)" lease_rel - ""
   row "\`ip addr del\`" ip_del ip_del 4
@@ -495,7 +497,7 @@ mkdir -p "$OUTDIR"
   row "announce (gratuitous ARP; shell: busybox \`arping -U -c1\`)" announce announce 15
   row "lease acquire (ferry: Lease.Claim, first; sanlock, persistent, OWNER_NOWAIT; shell: no lease)" lease_acq - ""
   row "\`vgchange --addtag\` (ferry: reads the tags only if the VG metadata changed since it knew them)" vg_tag vg_tag ""
-  row "\`vgchange -a y\`" vg_act vg_act ""
+  row "\`vgchange -a y\` (ferry: skipped for a VG it knows has no LV)" vg_act vg_act ""
   row "fs: \`e2fsck -p\` + \`mount -t ext4\`" fs_mount fs_mount "13"
   row "&nbsp;&nbsp;↳ \`e2fsck -p\`" - e2fsck 5
   row "&nbsp;&nbsp;↳ \`mount\`" - mount_only 8
