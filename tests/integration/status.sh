@@ -1,9 +1,11 @@
 # Status from what the helper knows (issue 14): each resource changed
 # behind ferry's back, then the status read at once, must never say up.
 # The status is warmed first, so that what the helper keeps in memory (the
-# VG's tags, the container's last look) is what gets tested.
+# VG's tags, the container's last look) is what gets tested. And the
+# parallel start's probe: node2 (which runs no ferry service) holds the
+# address, and node1's start must roll everything back.
 
-"$LAB" up 1 || { echo "lab up failed"; FAILED=$((FAILED + 1)); return 0; }
+"$LAB" up 2 || { echo "lab up failed"; FAILED=$((FAILED + 1)); return 0; }
 
 SOCK=/var/lib/ferry/busybox/docker.sock
 
@@ -68,6 +70,27 @@ t_refresh_and_status_times() {
   echo "measured: ferry status --local p50 $((cli / 1000)).$(((cli % 1000) / 100)) ms; busctl Service.Status p50 $((bus / 1000)).$(((bus % 1000) / 100)) ms (20 calls each, as op, whole processes)"
 }
 
+# The parallel start took the lease and brought the storage up while the
+# probe ran: a probe that finds the address in use undoes all of it.
+t_address_in_use_rolls_the_parallel_start_back() {
+  expect_ok as op node1 ferry stop busybox
+  root_on node2 ip addr add $VIP/24 dev lab0
+  trap 'root_on node2 ip addr del $VIP/24 dev lab0' EXIT
+  expect_code 1 as op node1 ferry start busybox
+  contains "acquire lease"
+  contains "is in use on the wire"
+  contains "rolling back what this start did"
+  contains "release lease"
+  node_is_clean node1
+  local dev; dev=$(root_on node1 readlink -f /run/ferry-lab/disks/data0)
+  [ ! -e "/sys/fs/ext4/$(basename "$dev")" ] || fail "node1's ext4 is still live"
+  [ "$(st lease#1)" = down ] || fail "the lease was not released: $(st lease#1)"
+  ! root_on node1 vgs --noheadings -o vg_tags vgbusybox | grep -q node1 || fail "vgbusybox still tagged node1"
+  root_on node2 ip addr del $VIP/24 dev lab0
+  trap - EXIT
+  expect_ok as op node1 ferry start busybox
+}
+
 # Last: it leaves the daemon dead (the lab goes down after the suite).
 t_daemon_killed_behind_ferrys_back() {
   warm
@@ -83,4 +106,5 @@ run_test "status: fs unmounted behind ferry's back"              t_filesystem_un
 run_test "status: vg untagged behind ferry's back"               t_vg_untagged_behind_ferrys_back
 run_test "status: container stopped behind ferry's back"         t_container_stopped_behind_ferrys_back
 run_test "status: --refresh, and status p50"                     t_refresh_and_status_times
+run_test "status: address in use rolls the parallel start back"  t_address_in_use_rolls_the_parallel_start_back
 run_test "status: daemon killed behind ferry's back"             t_daemon_killed_behind_ferrys_back
