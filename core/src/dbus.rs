@@ -114,6 +114,9 @@ pub trait Service {
     fn status(&self) -> zbus::Result<Vec<ResourceStatus>>;
     /// The config text and its checksum.
     fn config(&self) -> zbus::Result<(String, String)>;
+    /// Forget what the helper knows of the service's VGs and containers:
+    /// the next Status asks LVM and dockerd.
+    fn refresh(&self) -> zbus::Result<()>;
     /// Take the service's lock for this connection, waiting up to `wait_ms`
     /// for another holder (error `Locked` naming it). Held until Unlock or
     /// until this connection leaves the bus. Polkit action
@@ -170,6 +173,10 @@ pub trait Lease {
     /// Take the lease (persistent, refused at once when another node holds
     /// it).
     fn acquire(&self) -> zbus::Result<Vec<String>>;
+    /// Take the lease before the address (refused like Acquire), then probe
+    /// the service's addresses in the background while the storage comes
+    /// up; Ip.Add adds an address only once that probe passed.
+    fn claim(&self) -> zbus::Result<Vec<String>>;
     /// Give the lease back: refused while anything of the service on shared
     /// storage is still up on this node.
     fn release(&self) -> zbus::Result<Vec<String>>;

@@ -214,6 +214,10 @@ struct StatusArgs {
     /// This node only: do not compare configs with the peers.
     #[arg(long)]
     local: bool,
+    /// Ask LVM and the docker daemon again rather than trust what the
+    /// helper knows (the slow path).
+    #[arg(long)]
+    refresh: bool,
 }
 
 #[derive(Subcommand)]
@@ -255,7 +259,13 @@ fn validate(files: &[PathBuf]) -> Result<()> {
     }
 }
 
-async fn status(services: Vec<String>, format: Format, all_nodes: bool, local: bool) -> Result<()> {
+async fn status(
+    services: Vec<String>,
+    format: Format,
+    all_nodes: bool,
+    local: bool,
+    refresh: bool,
+) -> Result<()> {
     let h = Helper::connect().await?;
     let node = h.node_name().await?;
     let names = if services.is_empty() {
@@ -269,6 +279,11 @@ async fn status(services: Vec<String>, format: Format, all_nodes: bool, local: b
             print!("{}", status::cluster(&h, &cfg, &node).await?);
         }
         return Ok(());
+    }
+    if refresh {
+        for name in &names {
+            h.service(name).await?.refresh().await?;
+        }
     }
     let mut all = Vec::new();
     for name in &names {
@@ -302,7 +317,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Cmd::Status(a)
         | Cmd::Print {
             what: PrintWhat::Status(a),
-        } => status(a.services, a.format, a.all_nodes, a.local)
+        } => status(a.services, a.format, a.all_nodes, a.local, a.refresh)
             .await
             .map(|_| 0),
         Cmd::Start {

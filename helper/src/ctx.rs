@@ -49,8 +49,7 @@ impl ResCtx {
 
 impl ResCtx {
     /// This resource's line of the service's status, as `Check` answers:
-    /// recent rather than fresh for callers without a stake
-    /// (crate::status_cache).
+    /// as of now, from cheap checks (crate::status_cache).
     pub async fn check(
         &self,
         conn: &zbus::Connection,

@@ -10,11 +10,15 @@
 //!    nor does one the cluster fenced after its last renewal, whose lease
 //!    the acquire then takes over (takeover.rs).
 //! 1. Nothing on shared storage (VG tag, activation or reservation, mount,
-//!    the private docker daemon, a container) is taken unless every address
-//!    of the service is up here **and** its lease, when it has one, is held
-//!    here. The address probe and the lease are what keep a service from
-//!    running on two nodes.
-//! 2. The lease is taken only once the address is up here.
+//!    the private docker daemon) is taken unless the lease, when the
+//!    service has one, is held here, **and** every address of the service
+//!    is up here or, with a lease, is being probed by the claim that took
+//!    the lease and was not found in use (rule 2). A container starts only
+//!    once every address is up. The lease keeps other nodes off the disks;
+//!    the probe keeps the service off an address another host uses.
+//! 2. The lease is taken once the address is up here (`Acquire`), or first,
+//!    by `Claim`, which then starts the address probe in the background;
+//!    `Ip.Add` adds the address only once that probe passed.
 //! 3. A filesystem is mounted only where the service's VGs carry this
 //!    node's tag.
 //! 4. A VG is let go (untag, deactivate, release) only when no filesystem
@@ -23,6 +27,8 @@
 //! 5. The lease is released only when nothing of the service on shared
 //!    storage is left here: no live filesystem, no VG of ours, no daemon.
 //! 6. The address is removed only after all that, and after the lease.
+//!    With a lease, its release saw the VGs and the daemon let go, and they
+//!    come back only under the lease: only a live filesystem is checked.
 //!
 //! Stopping a filesystem, a daemon or a container needs nothing: letting go
 //! is always allowed. `Lease.Init` is checked by the lease itself (it
@@ -33,6 +39,10 @@ use ferry_core::status::State;
 
 use crate::ctx::ResCtx;
 use crate::error::{HelperError, Result};
+use crate::ip::Probe;
+
+/// The guard key of `Lease.Claim` (polkit-wise it is `io.ferry.lease.acquire`).
+pub const CLAIM: &str = "io.ferry.lease.claim";
 
 /// What an action does to the service's hold on its storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +51,12 @@ enum Change {
     TakeAddress,
     /// Touches shared storage (rule 1, and 3 for a mount).
     TakeShared,
-    /// Takes the lease (rule 2).
+    /// Starts a container (rule 1: the address itself up).
+    StartContainer,
+    /// Takes the lease once the address is up (rule 2).
     TakeLease,
+    /// Takes the lease first and starts the address probe (rule 2).
+    ClaimLease,
     /// Lets go of a VG (rule 4).
     LetGoVg,
     /// Releases the lease (rule 5).
@@ -60,9 +74,10 @@ fn change_of(action: &str) -> Change {
         | "io.ferry.vg.reserve"
         | "io.ferry.vg.preempt"
         | "io.ferry.fs.mount"
-        | "io.ferry.container.start-daemon"
-        | "io.ferry.container.start" => Change::TakeShared,
+        | "io.ferry.container.start-daemon" => Change::TakeShared,
+        "io.ferry.container.start" => Change::StartContainer,
         "io.ferry.lease.acquire" => Change::TakeLease,
+        CLAIM => Change::ClaimLease,
         "io.ferry.ip.add" => Change::TakeAddress,
         "io.ferry.vg.untag" | "io.ferry.vg.deactivate" | "io.ferry.vg.release" => Change::LetGoVg,
         "io.ferry.lease.release" => Change::LetGoLease,
@@ -91,6 +106,10 @@ pub async fn check(ctx: &ResCtx, action: &str) -> Result<()> {
     let verb = action.rsplit('.').next().unwrap_or(action);
     match change {
         Change::TakeAddress => {
+            // Held here, it is held nowhere else: no lease I/O.
+            if matches!(crate::lease::held_here(&svc).await?, Some((_, true))) {
+                return Ok(());
+            }
             if let Some(held) = crate::lease::held_elsewhere(&ctx.reg, &svc).await? {
                 if crate::takeover::holder_holds_nothing(&ctx.reg, &svc).await {
                     return Ok(());
@@ -104,13 +123,19 @@ pub async fn check(ctx: &ResCtx, action: &str) -> Result<()> {
             }
         }
         Change::TakeShared => {
-            addresses_up(ctx, &svc, verb).await?;
+            addresses_up(ctx, &svc, verb, true).await?;
             lease_held(ctx, &svc, verb).await?;
             if action == "io.ferry.fs.mount" {
                 volume_groups_tagged(ctx, &svc, verb).await?;
             }
         }
-        Change::TakeLease => addresses_up(ctx, &svc, verb).await?,
+        Change::StartContainer => {
+            addresses_up(ctx, &svc, verb, false).await?;
+            lease_held(ctx, &svc, verb).await?;
+        }
+        Change::TakeLease => addresses_up(ctx, &svc, verb, false).await?,
+        // The acquire itself refuses a lease held elsewhere (rule 0).
+        Change::ClaimLease => {}
         Change::LetGoVg => no_live_filesystem(ctx, &svc, verb)?,
         Change::LetGoLease => {
             no_live_filesystem(ctx, &svc, verb)?;
@@ -119,7 +144,6 @@ pub async fn check(ctx: &ResCtx, action: &str) -> Result<()> {
         }
         Change::LetGoAddress => {
             no_live_filesystem(ctx, &svc, verb)?;
-            no_daemon(ctx, &svc, verb)?;
             match crate::lease::held_here(&svc).await? {
                 Some((rid, true)) => {
                     return Err(refuse(
@@ -128,9 +152,11 @@ pub async fn check(ctx: &ResCtx, action: &str) -> Result<()> {
                         format!("the lease ({rid}) is still held here: release it first"),
                     ))
                 }
-                // With a lease, rule 5 already saw the VGs let go.
                 Some((_, false)) => {}
-                None => no_volume_group_here(ctx, &svc, verb).await?,
+                None => {
+                    no_daemon(ctx, &svc, verb)?;
+                    no_volume_group_here(ctx, &svc, verb).await?;
+                }
             }
         }
         Change::Free => {}
@@ -138,21 +164,32 @@ pub async fn check(ctx: &ResCtx, action: &str) -> Result<()> {
     Ok(())
 }
 
-async fn addresses_up(ctx: &ResCtx, svc: &ServiceConfig, verb: &str) -> Result<()> {
+/// Every address up here; with `claimed`, an address whose claim probe
+/// runs or passed counts too (rule 1).
+async fn addresses_up(ctx: &ResCtx, svc: &ServiceConfig, verb: &str, claimed: bool) -> Result<()> {
     for r in &svc.resources {
-        if let ResourceConfig::Ip(c) = &r.config {
-            if crate::ip::status(&r.rid, c).await.state() != State::Up {
-                return Err(refuse(
-                    ctx,
-                    verb,
-                    format!(
-                        "{} ({}) is not up here; its free-address probe guards against running \
-                         the service on two nodes: start {} first",
-                        r.rid, c.ipname, r.rid
-                    ),
-                ));
-            }
+        let ResourceConfig::Ip(c) = &r.config else {
+            continue;
+        };
+        if crate::ip::status(&r.rid, c).await.state() == State::Up {
+            continue;
         }
+        match crate::ip::claim_state(&ctx.service, &r.rid).filter(|_| claimed) {
+            Some(Probe::Running | Probe::Free { .. }) => continue,
+            Some(Probe::InUse(why) | Probe::Failed(why)) => {
+                return Err(refuse(ctx, verb, format!("{}: {why}", r.rid)))
+            }
+            None => {}
+        }
+        return Err(refuse(
+            ctx,
+            verb,
+            format!(
+                "{} ({}) is not up here; its free-address probe guards against running \
+                 the service on two nodes: start {} first",
+                r.rid, c.ipname, r.rid
+            ),
+        ));
     }
     Ok(())
 }
@@ -256,11 +293,15 @@ mod tests {
             "io.ferry.vg.preempt",
             "io.ferry.fs.mount",
             "io.ferry.container.start-daemon",
-            "io.ferry.container.start",
         ] {
             assert_eq!(change_of(a), Change::TakeShared, "{a}");
         }
+        assert_eq!(
+            change_of("io.ferry.container.start"),
+            Change::StartContainer
+        );
         assert_eq!(change_of("io.ferry.lease.acquire"), Change::TakeLease);
+        assert_eq!(change_of(CLAIM), Change::ClaimLease);
         assert_eq!(change_of("io.ferry.ip.remove"), Change::LetGoAddress);
         assert_eq!(change_of("io.ferry.ip.add"), Change::TakeAddress);
         assert_eq!(change_of("io.ferry.lease.release"), Change::LetGoLease);

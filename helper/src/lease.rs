@@ -166,6 +166,8 @@ pub(crate) enum Loss {
 static LOSSES: Mutex<BTreeMap<String, Loss>> = Mutex::new(BTreeMap::new());
 
 pub(crate) fn set_loss(service: &str, l: Loss) {
+    // A probe a claim started counted only while the lease was held.
+    crate::ip::forget_claim(service);
     LOSSES
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -617,6 +619,7 @@ async fn release(reg: &Registry, svc: &ServiceConfig, c: &LeaseConfig) -> Result
     let area = Area::new(&svc.name, c);
     let a = area.clone();
     clear_loss(&svc.name);
+    crate::ip::forget_claim(&svc.name);
     if held_by_us(&area) {
         blocking(move || {
             registration()?.release(&a.lockspace, LeaseConfig::RESOURCE, &a.resource_disk())
@@ -803,6 +806,40 @@ impl LeaseObject {
             let (svc, c) = config(ctx)?;
             acquire(&ctx.reg, &svc, &c).await
         })
+        .await
+    }
+
+    /// Take the lease before the address (a service with a lease): refused
+    /// like Acquire when another node holds it. Once it is held, the
+    /// free-address probe of every address of the service starts here in
+    /// the background, and the storage may come up while it runs; Ip.Add
+    /// then adds the address only if that probe passed (guard.rs, rule 2).
+    async fn claim(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>> {
+        let ctx = &self.ctx;
+        // Same polkit action as Acquire (it takes the same lease); its own
+        // order rule.
+        crate::auth::privileged(
+            &ctx.reg,
+            conn,
+            &header,
+            "io.ferry.lease.acquire",
+            &ctx.service,
+            &ctx.rid,
+            || async {
+                crate::guard::check(ctx, crate::guard::CLAIM).await?;
+                let (svc, c) = config(ctx)?;
+                let mut log = acquire(&ctx.reg, &svc, &c).await?;
+                crate::ip::start_claim_probes(&svc);
+                if let Some(last) = log.last_mut() {
+                    last.push_str("; the free-address probe runs meanwhile");
+                }
+                Ok(log)
+            },
+        )
         .await
     }
 

@@ -25,7 +25,7 @@ pub struct Registry {
     reload: Mutex<()>,
     /// Who holds each service's caller lock (Service.Lock), see crate::lock.
     holds: crate::lock::Locks,
-    /// Recent statuses, for callers without a stake (crate::status_cache).
+    /// What status keeps of the containers between actions (crate::status_cache).
     status_cache: crate::status_cache::StatusCache,
     /// Services run with their last good config because their file turned
     /// bad, untrusted or went away while something of them was up here:

@@ -37,7 +37,7 @@ pub async fn statuses_of(reg: &Registry, svc: Arc<ServiceConfig>) -> Result<Vec<
             ResourceConfig::Lease(c) => crate::lease::status(reg, &svc, &r.rid, c).await,
             ResourceConfig::Vg(c) => crate::vg::status(reg.node(), &r.rid, c).await,
             ResourceConfig::Fs(c) => crate::fs::status(&r.rid, c).await,
-            ResourceConfig::Container(c) => crate::container::status(&svc, &r.rid, c).await,
+            ResourceConfig::Container(c) => reg.status_cache().container(&svc, &r.rid, c).await,
         });
     }
     Ok(out)
@@ -46,15 +46,24 @@ pub async fn statuses_of(reg: &Registry, svc: Arc<ServiceConfig>) -> Result<Vec<
 #[interface(name = "io.ferry.Helper1.Service")]
 impl ServiceObject {
     /// Every resource's status, in start order: `a(sssas)` = rid, state,
-    /// label, comments; up to a second old for callers other than root and
-    /// the lock's holder (see crate::status_cache). A service run with its
-    /// last good config, its file now bad, has one more entry: rid `config`.
+    /// label, comments; as of now, from cheap checks (see
+    /// crate::status_cache). A service run with its last good config, its
+    /// file now bad, has one more entry: rid `config`.
     async fn status(
         &self,
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<ResourceStatus>> {
         crate::status_cache::statuses_for(&self.reg, conn, &header, &self.service).await
+    }
+
+    /// Forget what the helper knows of the service's volume groups and
+    /// containers: the next Status asks LVM and dockerd (`ferry status
+    /// --refresh`). Read-only, open to any caller.
+    async fn refresh(&self) -> Result<()> {
+        let svc = self.reg.service(&self.service)?;
+        crate::status_cache::refresh(&self.reg, &svc);
+        Ok(())
     }
 
     /// The config text as installed on this node, and its sha256.

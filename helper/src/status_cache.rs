@@ -1,41 +1,69 @@
-//! What a service's status costs. Computing it runs `vgs`/`lvs`, reads the
-//! lease area and asks docker, and anyone on the bus may ask. So callers
-//! without a stake get a recent result ([`MAX_AGE`]), computed at most once
-//! per [`MAX_AGE`] per service however many ask at once; root (Pacemaker,
-//! sudo) and the holder of the service's lock (a running start or stop)
-//! always get a fresh one. Every privileged call on the service makes the
-//! cached result stale, so nobody sees a state from before an action that
-//! has ended.
+//! What a service's status costs, kept cheap without ever being stale.
+//!
+//! Every caller gets the state of now, from cheap checks: the address from
+//! the kernel (getifaddrs), the lease from sanlock's state in this helper,
+//! the filesystems from /proc/self/mountinfo and /sys, each VG from what the
+//! helper last read or set while its metadata on disk is unchanged (vg.rs),
+//! and each container from its last observation here, kept while its main
+//! process and the service's docker daemon are the same processes (pid and
+//! start time in /proc) and no action ran on the service since. Nothing
+//! spawns LVM or asks dockerd then. `Service.Refresh` (`ferry status
+//! --refresh`) forgets it all: the next status asks LVM and dockerd.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
+use ferry_core::config::{ContainerConfig, ServiceConfig};
 use ferry_core::status::ResourceStatus;
 use zbus::message::Header;
 
 use crate::error::Result;
 use crate::registry::Registry;
 
-/// How old a status handed to a caller without a stake may be.
-pub const MAX_AGE: Duration = Duration::from_secs(1);
-
-struct Entry {
-    at: Instant,
+/// A container's last observed status, and the processes it holds for.
+struct Seen {
     generation: u64,
-    /// The mount table when it was computed: a mount made or removed
-    /// behind ferry's back (an operator's hand, a crash) makes it stale at
-    /// once, not a second later.
-    mounts: u64,
-    statuses: Vec<ResourceStatus>,
+    status: ResourceStatus,
+    container: Proc,
+    daemon: Option<Proc>,
+}
+
+/// A process, told apart from a later one with the same pid.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Proc {
+    pid: i64,
+    start: u64,
+}
+
+impl Proc {
+    /// The process `pid` as it is now; `None` when gone or a zombie.
+    fn now(pid: i64) -> Option<Proc> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // After the command's closing parenthesis: state, then field 22
+        // (starttime) is the 20th.
+        let rest = stat.rsplit_once(')')?.1;
+        let mut f = rest.split_whitespace();
+        let state = f.next()?;
+        if state == "Z" || state == "X" {
+            return None;
+        }
+        let start = f.nth(18)?.parse().ok()?;
+        Some(Proc { pid, start })
+    }
+
+    fn still_runs(&self) -> bool {
+        Proc::now(self.pid) == Some(*self)
+    }
 }
 
 #[derive(Default)]
 struct Inner {
-    entries: HashMap<String, Entry>,
-    /// Bumped by [`StatusCache::invalidate`]; an entry of an older one is stale.
+    /// Bumped by [`StatusCache::invalidate`]; a container seen under an
+    /// older one is looked at again.
     generations: HashMap<String, u64>,
-    /// One computation at a time per service.
+    /// (service, rid) → the container's last status.
+    seen: HashMap<(String, String), Seen>,
+    /// One look at dockerd at a time per service.
     flights: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
 }
 
@@ -49,49 +77,21 @@ impl StatusCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whatever was cached of `service` is stale from now on.
+    /// An action ran on the service: what was seen of it is looked at again.
     pub fn invalidate(&self, service: &str) {
         let mut i = self.inner();
         *i.generations.entry(service.to_string()).or_default() += 1;
-        i.entries.remove(service);
+        i.seen.retain(|(s, _), _| s != service);
     }
 
-    /// Forget a service entirely (it is no longer loaded).
+    /// Forget a service entirely (its config changed or went).
     pub fn forget(&self, service: &str) {
-        let mut i = self.inner();
-        i.entries.remove(service);
-        i.flights.remove(service);
-        *i.generations.entry(service.to_string()).or_default() += 1;
-    }
-
-    fn fresh_entry(&self, service: &str, max_age: Duration) -> Option<Vec<ResourceStatus>> {
-        let i = self.inner();
-        let generation = i.generations.get(service).copied().unwrap_or(0);
-        i.entries
-            .get(service)
-            .filter(|e| {
-                e.generation == generation && e.at.elapsed() < max_age && e.mounts == mount_table()
-            })
-            .map(|e| e.statuses.clone())
+        self.invalidate(service);
+        self.inner().flights.remove(service);
     }
 
     fn generation(&self, service: &str) -> u64 {
         self.inner().generations.get(service).copied().unwrap_or(0)
-    }
-
-    fn store(&self, service: &str, generation: u64, mounts: u64, statuses: &[ResourceStatus]) {
-        let mut i = self.inner();
-        if i.generations.get(service).copied().unwrap_or(0) == generation {
-            i.entries.insert(
-                service.to_string(),
-                Entry {
-                    at: Instant::now(),
-                    generation,
-                    mounts,
-                    statuses: statuses.to_vec(),
-                },
-            );
-        }
     }
 
     fn flight(&self, service: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -102,83 +102,71 @@ impl StatusCache {
             .clone()
     }
 
-    /// The statuses, at most `max_age` old (`Duration::ZERO`: fresh),
-    /// computed by `compute` when needed, once at a time per service.
-    pub async fn get<F, Fut>(
+    fn still_valid(&self, service: &str, rid: &str) -> Option<ResourceStatus> {
+        let i = self.inner();
+        let generation = i.generations.get(service).copied().unwrap_or(0);
+        let s = i.seen.get(&(service.to_string(), rid.to_string()))?;
+        let holds = s.generation == generation
+            && s.container.still_runs()
+            && s.daemon.is_none_or(|d| d.still_runs());
+        holds.then(|| s.status.clone())
+    }
+
+    /// The container's status: the last one seen while its processes still
+    /// run and no action intervened, else asked of dockerd.
+    pub async fn container(
         &self,
-        service: &str,
-        max_age: Duration,
-        compute: F,
-    ) -> Result<Vec<ResourceStatus>>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<Vec<ResourceStatus>>>,
-    {
-        if !max_age.is_zero() {
-            if let Some(s) = self.fresh_entry(service, max_age) {
-                return Ok(s);
-            }
+        svc: &ServiceConfig,
+        rid: &str,
+        c: &ContainerConfig,
+    ) -> ResourceStatus {
+        if let Some(s) = self.still_valid(&svc.name, rid) {
+            return s;
         }
-        let flight = self.flight(service);
+        let flight = self.flight(&svc.name);
         let _one = flight.lock().await;
-        // Someone else may have computed it while we waited.
-        if !max_age.is_zero() {
-            if let Some(s) = self.fresh_entry(service, max_age) {
-                return Ok(s);
+        if let Some(s) = self.still_valid(&svc.name, rid) {
+            return s;
+        }
+        // Read before asking: an action that ends meanwhile voids the answer.
+        let generation = self.generation(&svc.name);
+        let daemon = daemon_proc(svc);
+        let (status, pid) = crate::container::status(svc, rid, c).await;
+        // Only a running container is kept: its process is what tells that
+        // it stopped. A private daemon must be known too.
+        let container = pid.and_then(Proc::now);
+        let daemon_known = svc.docker_data_dir.is_none() || daemon.is_some();
+        if let (Some(container), true) = (container, daemon_known) {
+            let mut i = self.inner();
+            if i.generations.get(&svc.name).copied().unwrap_or(0) == generation {
+                i.seen.insert(
+                    (svc.name.clone(), rid.to_string()),
+                    Seen {
+                        generation,
+                        status: status.clone(),
+                        container,
+                        daemon,
+                    },
+                );
             }
         }
-        // Read before computing: an action that ends meanwhile makes this
-        // result stale.
-        let generation = self.generation(service);
-        let mounts = mount_table();
-        let statuses = compute().await?;
-        self.store(service, generation, mounts, &statuses);
-        Ok(statuses)
+        status
     }
 }
 
-/// A fingerprint of this node's mount table (a read of mountinfo: tens of
-/// microseconds, against milliseconds for a status).
-fn mount_table() -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    std::fs::read("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .hash(&mut h);
-    h.finish()
-}
-
-/// Does this caller get a fresh status: root, or the service lock's holder.
-async fn wants_fresh(
-    reg: &Registry,
-    conn: &zbus::Connection,
-    header: &Header<'_>,
-    service: &str,
-) -> bool {
-    let Some(sender) = header.sender() else {
-        return false;
-    };
-    if reg
-        .holds()
-        .holder(service)
-        .is_some_and(|h| h.sender == sender.as_str())
-    {
-        return true;
-    }
-    // One round trip to the bus daemon, nothing spawned.
-    let sender = sender.to_owned();
-    let uid = async {
-        let dbus = zbus::fdo::DBusProxy::new(conn).await.ok()?;
-        dbus.get_connection_unix_user(sender.into()).await.ok()
-    };
-    uid.await == Some(0)
+/// The service's private dockerd, from its pidfile.
+fn daemon_proc(svc: &ServiceConfig) -> Option<Proc> {
+    svc.docker_data_dir.as_ref()?;
+    let p = crate::container::daemon::Paths::new(&svc.name);
+    let pid = std::fs::read_to_string(&p.docker_pid).ok()?;
+    Proc::now(pid.trim().parse().ok()?)
 }
 
 /// The service's statuses as a caller of `Status` or `Check` gets them
 /// (see the module doc), with the kept-config entry when there is one.
 pub async fn statuses_for(
     reg: &Registry,
-    conn: &zbus::Connection,
+    _conn: &zbus::Connection,
     header: &Header<'_>,
     service: &str,
 ) -> Result<Vec<ResourceStatus>> {
@@ -186,15 +174,7 @@ pub async fn statuses_for(
     let sender = header.sender().map(|s| s.to_string()).unwrap_or_default();
     // A status call of the holder is part of its action.
     let _active = reg.holds().activity(service, &sender);
-    let max_age = if wants_fresh(reg, conn, header, service).await {
-        Duration::ZERO
-    } else {
-        MAX_AGE
-    };
-    let mut out = reg
-        .status_cache()
-        .get(service, max_age, || crate::service::statuses_of(reg, svc))
-        .await?;
+    let mut out = crate::service::statuses_of(reg, svc).await?;
     if let Some(entry) = reg.config_problem(service) {
         out.push(entry);
     }
@@ -220,55 +200,48 @@ pub async fn check_for(
         })
 }
 
+/// `Service.Refresh`: forget what is known of the service's VGs and
+/// containers; the next status asks LVM and dockerd.
+pub fn refresh(reg: &Registry, svc: &ServiceConfig) {
+    reg.status_cache().invalidate(&svc.name);
+    for r in &svc.resources {
+        if let ferry_core::config::ResourceConfig::Vg(c) = &r.config {
+            crate::vg::forget(&c.vgname);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_core::status::State;
-    use std::sync::atomic::{AtomicU32, Ordering};
 
-    fn one(n: u32) -> Vec<ResourceStatus> {
-        vec![ResourceStatus::new("ip#1", State::Up, format!("{n}"))]
-    }
-
-    #[tokio::test]
-    async fn callers_without_a_stake_share_one_computation() {
-        let c = StatusCache::default();
-        let runs = AtomicU32::new(0);
-        let compute = || async {
-            let n = runs.fetch_add(1, Ordering::SeqCst);
-            Ok(one(n))
+    #[test]
+    fn this_process_is_itself_and_a_changed_start_is_another() {
+        let me = Proc::now(i64::from(std::process::id())).expect("own /proc/self/stat");
+        assert!(me.still_runs());
+        let other = Proc {
+            start: me.start + 1,
+            ..me
         };
-        for _ in 0..100 {
-            let s = c.get("s", MAX_AGE, compute).await.unwrap_or_default();
-            assert_eq!(s[0].label, "0");
-        }
-        assert_eq!(runs.load(Ordering::SeqCst), 1);
-        // a fresh caller computes, and refreshes the cache for the others
-        let s = c
-            .get("s", Duration::ZERO, compute)
-            .await
-            .unwrap_or_default();
-        assert_eq!(s[0].label, "1");
-        let s = c.get("s", MAX_AGE, compute).await.unwrap_or_default();
-        assert_eq!(s[0].label, "1");
-        // an action on the service makes the cached result stale
-        c.invalidate("s");
-        let s = c.get("s", MAX_AGE, compute).await.unwrap_or_default();
-        assert_eq!(s[0].label, "2");
-        assert_eq!(runs.load(Ordering::SeqCst), 3);
+        assert!(!other.still_runs());
+        assert!(Proc::now(i64::from(i32::MAX)).is_none());
     }
 
-    #[tokio::test]
-    async fn a_result_computed_across_an_action_is_not_kept() {
+    #[test]
+    fn an_action_voids_what_was_seen() {
         let c = StatusCache::default();
-        let s = c
-            .get("s", MAX_AGE, || async {
-                c.invalidate("s");
-                Ok(one(7))
-            })
-            .await
-            .unwrap_or_default();
-        assert_eq!(s[0].label, "7");
-        assert!(c.fresh_entry("s", MAX_AGE).is_none());
+        let me = Proc::now(i64::from(std::process::id())).expect("own /proc/self/stat");
+        c.inner().seen.insert(
+            ("s".into(), "container#1".into()),
+            Seen {
+                generation: 0,
+                status: ResourceStatus::new("container#1", ferry_core::status::State::Up, "x"),
+                container: me,
+                daemon: None,
+            },
+        );
+        assert!(c.still_valid("s", "container#1").is_some());
+        c.invalidate("s");
+        assert!(c.still_valid("s", "container#1").is_none());
     }
 }

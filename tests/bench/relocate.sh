@@ -111,6 +111,7 @@ parse_ferry() {
         else if (line ~ / docker daemon stopped in /)                 put("d_stop", ms(line))
         else if (line ~ / umount \/.*\([0-9]+ ms\)$/)               add("umount", ms(line))
         else if (line ~ / vgchange -a n /)                            put("vg_deact", ms(line))
+        else if (line ~ /nothing to deactivate/)                      put("vg_deact", ms(line))
         else if (line ~ / vgchange --deltag /)                        put("vg_untag", ms(line))
         else if (line ~ / ip addr del /)                              put("ip_del", ms(line))
         else if (line ~ / release lease /)                            put("lease_rel", ms(line))
@@ -120,11 +121,23 @@ parse_ferry() {
           start_seen = f[n-1]
         }
       } else {
-        if (line ~ / ip addr add .*\([0-9]+ ms\)$/)                 put("ip_add", ms(line))
+        # the parallel start: "timeline (ms): STEP A-B, STEP A-B, …" (ms from its start)
+        if (match(line, /timeline \(ms\): .*/)) {
+          s = substr(line, RSTART + 15); n = split(s, part, ", ")
+          for (i = 1; i <= n; i++) {
+            m = split(part[i], w, " "); split(w[m], ab, "-"); name = w[1]
+            for (j = 2; j < m; j++) name = name "_" w[j]
+            printf "ferry %s tl:%s:from %d\n", run, name, ab[1] * 1000
+            printf "ferry %s tl:%s:to %d\n", run, name, ab[2] * 1000
+            if (!(name in order)) order[name] = i
+          }
+        }
+        else if (line ~ / ip addr add .*\([0-9]+ ms\)$/)            put("ip_add", ms(line))
         else if (line ~ / gratuitous arp .*\([0-9]+ ms\)$/)         put("announce", ms(line))
         else if (line ~ / acquire lease /)                            put("lease_acq", ms(line))
         else if (line ~ / vgchange --addtag /)                        put("vg_tag", ms(line))
         else if (line ~ / vgchange -a y /)                            put("vg_act", ms(line))
+        else if (line ~ /nothing to activate/)                        put("vg_act", ms(line))
         else if (line ~ / mount -t .*\([0-9]+ ms\)$/)               add("fs_mount", ms(line))
         else if (line ~ / docker daemon answers .*\([0-9]+ ms\)$/)  put("d_start", ms(line))
         else if (line ~ / is up \([0-9]+ ms\)$/)                     put("c_start", ms(line))
@@ -467,6 +480,7 @@ time_calls dbus_status   node1 op   busctl --system call io.ferry.Helper1 "$SVC_
 time_calls announce_op   node1 op   busctl --system call io.ferry.Helper1 "$SVC_OBJ/ip_231" io.ferry.Helper1.Ip Announce
 time_calls announce_root node1 root busctl --system call io.ferry.Helper1 "$SVC_OBJ/ip_231" io.ferry.Helper1.Ip Announce
 time_calls status_cli    node1 op   ferry status "$SVC" --local
+time_calls status_slow   node1 op   ferry status "$SVC" --local --refresh
 
 RSS_AFTER1=$(helper_rss_kb node1)
 RSS_AFTER2=$(helper_rss_kb node2)
@@ -488,6 +502,31 @@ xrow() {   # LABEL KEY NOTE
   echo "| $1 | $(cell extra "$2") | $3 |"
 }
 
+# The parallel part of ferry's start on the target: each step's median
+# from/to (ms since the start's first call), as a bar (one character per
+# 20 ms). "probe" is the address probe Lease.Claim started in the helper.
+timeline_section() {
+  local keys k from to
+  keys=$(awk '$1 == "ferry" && $3 ~ /^tl:.*:from$/ {k = $3; sub(/^tl:/, "", k); sub(/:from$/, "", k); print k}' "$SAMPLES" | sort -u)
+  [[ -n $keys ]] || { echo "(no timeline: the start did not run in parallel)"; echo; return; }
+  echo "## Start on the target: what overlapped (ferry, medians over $((2 * RUNS)) starts, ms from the start's first call)"
+  echo
+  echo "| step | from | to | 0 ms, one character per 20 ms |"
+  echo "| --- | --- | --- | --- |"
+  for k in $keys; do
+    read -r from _ <<<"$(stats ferry "tl:$k:from")"
+    read -r to _ <<<"$(stats ferry "tl:$k:to")"
+    echo "$from $to $k"
+  done | sort -n | while read -r from to k; do
+    awk -v a="$from" -v b="$to" -v k="$k" 'BEGIN {
+      a /= 1000; b /= 1000; bar = ""
+      for (i = 0; i < int(b / 20 + 0.5) || i == 0; i++) bar = bar (i < int(a / 20 + 0.5) ? "." : "#")
+      gsub(/_/, " ", k)
+      printf "| %s | %.0f | %.0f | `%s` |\n", k, a, b, bar }'
+  done
+  echo
+}
+
 mkdir -p "$OUTDIR"
 {
   echo "# ferry relocation benchmark"
@@ -505,20 +544,20 @@ mkdir -p "$OUTDIR"
   row "container stop (\`docker stop -t 10\`, until exited)" c_stop c_stop 65
   row "daemon stop (containerd + dockerd SIGTERM, until gone)" d_stop d_stop 25
   row "\`umount\` (\`-R\`) both fs (fs#2 inside fs#1)" umount umount 7
-  row "\`vgchange -a n\`" vg_deact vg_deact ""
+  row "\`vgchange -a n\` (ferry: skipped for a VG it knows has no LV)" vg_deact vg_deact ""
   row "\`vgchange --deltag\`" vg_untag vg_untag ""
   row "lease release (sanlock, through the library; shell: no lease)" lease_rel - ""
   row "\`ip addr del\`" ip_del ip_del 4
   row "**stop total** (ferry: \`stop\` as timed by relocate)" stop_total stop_total ""
   row "check down here (ferry status)" check_down - ""
   echo "| **target node (start)** | | | |"
-  row "ip add incl. free-address check (ferry: own ARP probe, 200 ms window)" ip_add ip_add ""
+  row "ip add incl. free-address check (ferry: the probe Claim started, 200 ms window, ran while the storage came up; shell: arping first)" ip_add ip_add ""
   row "&nbsp;&nbsp;↳ free-address check (shell: iputils \`arping -D -c1 -w1\`)" - arp_probe 1010
   row "&nbsp;&nbsp;↳ \`ip addr add\`" - ip_addr_add ""
   row "announce (gratuitous ARP; shell: busybox \`arping -U -c1\`)" announce announce 15
-  row "lease acquire (sanlock, persistent, OWNER_NOWAIT; shell: no lease)" lease_acq - ""
-  row "\`vgchange --addtag\` (ferry: reads the tags first)" vg_tag vg_tag ""
-  row "\`vgchange -a y\`" vg_act vg_act ""
+  row "lease acquire (ferry: Lease.Claim, first; sanlock, persistent, OWNER_NOWAIT; shell: no lease)" lease_acq - ""
+  row "\`vgchange --addtag\` (ferry: reads the tags only if the VG metadata changed since it knew them)" vg_tag vg_tag ""
+  row "\`vgchange -a y\` (ferry: skipped for a VG it knows has no LV)" vg_act vg_act ""
   row "fs: \`e2fsck -p\` + \`mount -t ext4\`" fs_mount fs_mount "13"
   row "&nbsp;&nbsp;↳ \`e2fsck -p\`" - e2fsck 5
   row "&nbsp;&nbsp;↳ \`mount\`" - mount_only 8
@@ -532,6 +571,7 @@ mkdir -p "$OUTDIR"
   echo
   echo "Not part of the downtime: ferry's pre-check of the target (ssh, same config, service down there) $(cell ferry precheck); the whole \`ferry relocate\` process seen from the host (incl. \`lab exec\`) $(cell ferry wall)."
   echo
+  timeline_section
   if [[ ${BENCH_PODMAN:-1} == 1 ]]; then
     echo "## podman: service podbox, beside docker's busybox (same run)"
     echo
@@ -555,11 +595,12 @@ mkdir -p "$OUTDIR"
   echo "| what | median (min–max) ms | note |"
   echo "| --- | --- | --- |"
   xrow "\`busctl call\` … \`org.freedesktop.DBus.Peer Ping\` as op" dbus_ping "busctl process + bus round trip: the floor"
-  xrow "\`busctl call\` … \`Service Status\` as op (read-only)" dbus_status "no polkit; the helper runs \`vgs\` and asks dockerd"
+  xrow "\`busctl call\` … \`Service Status\` as op (read-only)" dbus_status "no polkit; from what the helper knows (status_cache.rs): no LVM, no dockerd"
   xrow "\`vgs --noheadings -o vg_tags vgbusybox\` as root (for comparison)" vgs_root "one LVM command"
   xrow "\`busctl call\` … \`ip_231 Ip Announce\` as op" announce_op "polkit check (rule for ferry-operators) + one gratuitous ARP"
   xrow "\`busctl call\` … \`ip_231 Ip Announce\` as root" announce_root "root skips polkit"
   xrow "\`ferry status busybox --local\` as op (whole process)" status_cli ""
+  xrow "\`ferry status busybox --local --refresh\` as op (whole process)" status_slow "the slow path: asks LVM and dockerd"
   echo
   echo "ferry-helper VmRSS: node1 $RSS_IDLE1 kB idle after \`lab up\` → $RSS_AFTER1 kB after the runs; node2 $RSS_IDLE2 kB → $RSS_AFTER2 kB."
   echo

@@ -9,7 +9,7 @@ cleanup() { [ "${FERRY_KEEP_LAB:-0}" = 1 ] || "$LAB" down >/dev/null 2>&1; }
 trap cleanup EXIT
 
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(one-node two-nodes locks-audit exclusion guest hardening leaseloss cockpit failover tutorial pacemaker podman)
+[ ${#suites[@]} -gt 0 ] || suites=(one-node two-nodes locks-audit exclusion status guest hardening leaseloss cockpit failover tutorial pacemaker podman)
 for suite in "${suites[@]}"; do
   [ -f "$HERE/$suite.sh" ] || { echo "no suite $suite" >&2; exit 2; }
   echo "=== suite $suite"

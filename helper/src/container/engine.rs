@@ -101,6 +101,8 @@ pub struct Observed {
     pub image_name: String,
     /// The image id the container runs (`Image`).
     pub image_id: String,
+    /// Its main process (`State.Pid`, 0 when not running).
+    pub pid: i64,
 }
 
 impl Observed {
@@ -122,6 +124,7 @@ impl Observed {
                 .and_then(|c| c.image.clone())
                 .unwrap_or_default(),
             image_id: i.image.clone().unwrap_or_default(),
+            pid: state.pid.unwrap_or(0),
         }
     }
 
@@ -205,10 +208,19 @@ async fn observe(docker: &Docker, name: &str) -> Observation {
     }
 }
 
-pub async fn status(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> ResourceStatus {
+/// The container's status line, and its main process's pid when it runs
+/// (for crate::status_cache).
+pub async fn status(
+    svc: &ServiceConfig,
+    rid: &str,
+    c: &ContainerConfig,
+) -> (ResourceStatus, Option<i64>) {
     let name = container_name(&svc.name, rid);
     let Some(docker) = connect(svc, STATUS_TIMEOUT.as_secs()).await else {
-        return map_status(rid, &c.run_image, &Observation::DaemonDown, None);
+        return (
+            map_status(rid, &c.run_image, &Observation::DaemonDown, None),
+            None,
+        );
     };
     let obs = match tokio::time::timeout(STATUS_TIMEOUT, observe(&docker, &name)).await {
         Ok(o) => o,
@@ -226,7 +238,14 @@ pub async fn status(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> Reso
         }
         _ => None,
     };
-    map_status(rid, &c.run_image, &obs, image_id.as_deref())
+    let pid = match &obs {
+        Observation::Found(o) if o.running && o.pid > 0 => Some(o.pid),
+        _ => None,
+    };
+    (
+        map_status(rid, &c.run_image, &obs, image_id.as_deref()),
+        pid,
+    )
 }
 
 /// The container's last log lines, for an error message.

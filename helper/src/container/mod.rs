@@ -29,11 +29,16 @@ pub struct ContainerObject {
     pub ctx: ResCtx,
 }
 
-pub async fn status(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> ResourceStatus {
+/// The container's status, and its main process's pid when it runs.
+pub async fn status(
+    svc: &ServiceConfig,
+    rid: &str,
+    c: &ContainerConfig,
+) -> (ResourceStatus, Option<i64>) {
     if c.runtime == ContainerRuntime::Podman {
         return podman::status(svc, rid, c).await;
     }
-    let s = engine::status(svc, rid, c).await;
+    let (s, pid) = engine::status(svc, rid, c).await;
     // A daemon that does not answer may still run, holding the data root
     // on the shared fs: that is not "down".
     // (A daemon that answers without the container is the tutorial's
@@ -43,11 +48,12 @@ pub async fn status(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> Reso
         .iter()
         .any(|c| c == ferry_core::status::DAEMON_NOT_RUNNING);
     if s.state() == ferry_core::status::State::Down && daemon_down && daemon::has_processes(svc) {
-        return ResourceStatus::new(rid, ferry_core::status::State::Warn, &s.label).with_comment(
+        let s = ResourceStatus::new(rid, ferry_core::status::State::Warn, &s.label).with_comment(
             "processes of the service's docker daemon still run here, though it does not answer",
         );
+        return (s, None);
     }
-    s
+    (s, pid)
 }
 
 fn config(ctx: &ResCtx) -> Result<(std::sync::Arc<ServiceConfig>, ContainerConfig)> {
@@ -111,8 +117,8 @@ async fn caller_gone(conn: &Connection, sender: &str) {
 
 #[interface(name = "io.ferry.Helper1.Container")]
 impl ContainerObject {
-    /// This resource's line of the service's status (recent, not fresh, for
-    /// callers without a stake: see crate::status_cache).
+    /// This resource's line of the service's status, as of now, from
+    /// cheap checks (see crate::status_cache).
     async fn check(
         &self,
         #[zbus(header)] header: Header<'_>,

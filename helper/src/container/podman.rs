@@ -219,6 +219,7 @@ pub fn parse_inspect(json: &str, run_image: &str) -> std::result::Result<Observe
             x => x,
         },
         exit_code: st["ExitCode"].as_i64().unwrap_or(0),
+        pid: st["Pid"].as_i64().unwrap_or(0),
         error: s(&st["Error"]),
         finished_at: s(&st["FinishedAt"]),
         image_name: if same_image(&image_name, run_image) {
@@ -261,22 +262,31 @@ async fn image_id(p: &Paths, dir: &str, run_image: &str) -> Option<String> {
 
 pub const STORAGE_NOT_MOUNTED: &str = "podman storage is not mounted here";
 
-pub async fn status(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> ResourceStatus {
+/// The container's status line, and its main process's pid when it runs
+/// (what lets the status cache keep the answer while that process lives).
+pub async fn status(
+    svc: &ServiceConfig,
+    rid: &str,
+    c: &ContainerConfig,
+) -> (ResourceStatus, Option<i64>) {
     let name = engine::container_name(&svc.name, rid);
     let (Ok(dir), Ok(())) = (data_dir(svc), storage_mounted(svc)) else {
         // Nothing on this node can run it: conmon would hold the fs.
         if has_processes(svc) {
-            return ResourceStatus::new(rid, State::Warn, &c.run_image).with_comment(
+            let s = ResourceStatus::new(rid, State::Warn, &c.run_image).with_comment(
                 "podman processes of the service still run here, though its storage is not mounted",
             );
+            return (s, None);
         }
-        return ResourceStatus::new(rid, State::Down, &c.run_image)
-            .with_comment(STORAGE_NOT_MOUNTED);
+        let s =
+            ResourceStatus::new(rid, State::Down, &c.run_image).with_comment(STORAGE_NOT_MOUNTED);
+        return (s, None);
     };
     let p = match prepare(svc) {
         Ok(p) => p,
         Err(e) => {
-            return ResourceStatus::new(rid, State::Warn, &c.run_image).with_comment(e.message())
+            let s = ResourceStatus::new(rid, State::Warn, &c.run_image).with_comment(e.message());
+            return (s, None);
         }
     };
     let obs = observe(&p, dir, &name, &c.run_image).await;
@@ -286,7 +296,14 @@ pub async fn status(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> Reso
         }
         _ => None,
     };
-    engine::map_status(rid, &c.run_image, &obs, id.as_deref())
+    let pid = match &obs {
+        Observation::Found(o) if o.running && o.pid > 0 => Some(o.pid),
+        _ => None,
+    };
+    (
+        engine::map_status(rid, &c.run_image, &obs, id.as_deref()),
+        pid,
+    )
 }
 
 /// `podman create` of the service's container: host network, catatonit as
