@@ -59,10 +59,19 @@ impl ServiceObject {
 
     /// Forget what the helper knows of the service's volume groups and
     /// containers: the next Status asks LVM and dockerd (`ferry status
-    /// --refresh`). Read-only, open to any caller.
-    async fn refresh(&self) -> Result<()> {
+    /// --refresh`). Read-only, open to any caller; for callers other than
+    /// root it counts at most once a second per service (see
+    /// crate::status_cache).
+    async fn refresh(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<()> {
         let svc = self.reg.service(&self.service)?;
-        crate::status_cache::refresh(&self.reg, &svc);
+        let root = crate::auth::caller(conn, &header).await?.uid == 0;
+        if !crate::status_cache::refresh(&self.reg, &svc, root) {
+            tracing::debug!(service = %svc.name, "Refresh within a second of the last one: not repeated");
+        }
         Ok(())
     }
 
