@@ -27,7 +27,9 @@ stop_ws() {
   for p in "${WS_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   WS_PIDS=()
 }
-browser() { root_on node1 /usr/bin/python3 "$HERE/cockpit-browser.py" "$@"; }
+# The script goes in on stdin: node1 has a /tmp of its own, where a
+# checkout under /tmp is not.
+browser() { root_on node1 /usr/bin/python3 - "$@" <"$HERE/cockpit-browser.py"; }
 
 t_setup_two_nodes_busybox_up_on_node1() {
   root_on node1 test -f /usr/share/cockpit/ferry/manifest.json || fail "the page is not installed in node1"
