@@ -41,7 +41,7 @@ pub fn container_name(service: &str, rid: &str) -> String {
     format!("{service}.container.{n}")
 }
 
-fn short(id: &str) -> &str {
+pub(super) fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 

@@ -262,18 +262,7 @@ pub async fn run_podman(
         .stdin(Stdio::from(stdin))
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr));
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| HelperError::failed(format!("cannot run podman: {e}")))?;
-    drop(cmd);
-    let status = child
-        .wait()
-        .await
-        .map_err(|e| HelperError::failed(format!("podman: {e}")))?;
-    Ok(status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(-1))
+    exit_code_of(cmd, "podman").await
 }
 
 pub async fn run(
@@ -307,16 +296,22 @@ pub async fn run(
         .stderr(Stdio::from(stderr))
         // A dropped call (helper shutting down) must not leave the CLI behind.
         .kill_on_drop(true);
+    exit_code_of(cmd, "docker").await
+}
+
+/// Run the CLI on the caller's descriptors; its exit code as a shell gives
+/// it (128 + signal).
+async fn exit_code_of(mut cmd: tokio::process::Command, name: &str) -> Result<i32> {
     let mut child = cmd
         .spawn()
-        .map_err(|e| HelperError::failed(format!("cannot run docker: {e}")))?;
+        .map_err(|e| HelperError::failed(format!("cannot run {name}: {e}")))?;
     // The Command holds our copies of the caller's descriptors: drop them so
-    // the caller sees EOF as soon as docker exits.
+    // the caller sees EOF as soon as the CLI exits.
     drop(cmd);
     let status = child
         .wait()
         .await
-        .map_err(|e| HelperError::failed(format!("docker: {e}")))?;
+        .map_err(|e| HelperError::failed(format!("{name}: {e}")))?;
     Ok(status
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))

@@ -36,7 +36,7 @@ use ferry_core::status::{ResourceStatus, State};
 use tracing::info;
 
 use super::daemon;
-use super::engine::{self, Observation, Observed};
+use super::engine::{self, short, Observation, Observed};
 use crate::error::{HelperError, Result};
 
 /// Node-local state of podman services: `/run/ferry/<svc>/podman/`.
@@ -388,10 +388,6 @@ async fn wait_up(
         }
         tokio::time::sleep(POLL_STATE).await;
     }
-}
-
-fn short(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
 }
 
 async fn last_logs(p: &Paths, dir: &str, id: &str) -> String {
