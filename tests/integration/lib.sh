@@ -91,12 +91,12 @@ run_test() { # NAME FUNCTION
 
 # hold_lock USER FILE [call]: a client of USER's on node1 that takes
 # busybox's Service.Lock over its own bus connection and keeps it
-# (bus-hold.py); waits for its word ("locked <pid>" or "error <name>").
-BUS_HOLD_PY=$(cat "$(dirname "${BASH_SOURCE[0]}")/bus-hold.py")
+# (minibus.py hold); waits for its word ("locked <pid>" or "error <name>").
+MINIBUS_PY=$(cat "$(dirname "${BASH_SOURCE[0]}")/minibus.py")
 hold_lock() {
   local user=$1 file=$2 i
   root_on node1 rm -f "$file" "$file.go" "$file.call"
-  as "$user" node1 python3 -c "$BUS_HOLD_PY" busybox "$file" ${3:-} >/dev/null 2>&1 &
+  as "$user" node1 python3 -c "$MINIBUS_PY" hold busybox "$file" ${3:-} >/dev/null 2>&1 &
   for i in $(seq 50); do
     root_on node1 test -s "$file" && break
     sleep 0.1

@@ -13,7 +13,9 @@ suites=("$@")
 for suite in "${suites[@]}"; do
   [ -f "$HERE/$suite.sh" ] || { echo "no suite $suite" >&2; exit 2; }
   echo "=== suite $suite"
+  suite_start=$SECONDS
   source "$HERE/$suite.sh"
+  echo "=== suite $suite took $((SECONDS - suite_start)) s"
 done
 
 echo
