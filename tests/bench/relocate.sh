@@ -107,6 +107,7 @@ parse_ferry() {
       if (remote) line = substr(line, length(to) + 3)
       if (!remote) {
         if (line ~ / answers, same config, service down there \(/) put("precheck", ms(line))
+        else if (line ~ / is ready to start it: connected, locked \(/) put("ready", ms(line))
         else if (line ~ / is down: .*\([0-9]+ ms\)$/)               put("c_stop", ms(line))
         else if (line ~ / docker daemon stopped in /)                 put("d_stop", ms(line))
         else if (line ~ / umount \/.*\([0-9]+ ms\)$/)               add("umount", ms(line))
@@ -140,6 +141,7 @@ parse_ferry() {
         else if (line ~ /nothing to activate/)                        put("vg_act", ms(line))
         else if (line ~ / mount -t .*\([0-9]+ ms\)$/)               add("fs_mount", ms(line))
         else if (line ~ / docker daemon answers .*\([0-9]+ ms\)$/)  put("d_start", ms(line))
+        else if (line ~ / boots while the storage comes up \([0-9]+ ms\)$/) put("d_prepare", ms(line))
         else if (line ~ / is up \([0-9]+ ms\)$/)                     put("c_start", ms(line))
         else if (match(line, /start done in [0-9]+ ms/)) {
           s = substr(line, RSTART, RLENGTH); gsub(/[^0-9]/, "", s); put("start_done", s); start_done = s
@@ -393,6 +395,22 @@ time_calls() {   # KEY NODE USER CMD...
   for v in $out; do i=$((i + 1)); add extra "$i" "$key" "$v"; done
 }
 
+# KEY NODE USER PATH IFACE MEMBER: $CALLS calls over one bus connection
+# (tests/integration/minibus.py), each timed in-process: what a client that
+# stays connected (a Cockpit page, a monitor) waits for one call.
+MINIBUS_PY=$(cat "$HERE/../integration/minibus.py")
+time_bus_calls() {
+  local key=$1 node=$2 user=$3; shift 3
+  local out i=0 v
+  STAGE="measuring $key"
+  if [[ $user == root ]]; then
+    out=$(root "$node" python3 -c "$MINIBUS_PY" time "$CALLS" "$@") || die "$key: $* failed in $node"
+  else
+    out=$(op "$node" python3 -c "$MINIBUS_PY" time "$CALLS" "$@") || die "$key: $* failed in $node as $user"
+  fi
+  for v in $out; do i=$((i + 1)); add extra "$i" "$key" "$v"; done
+}
+
 helper_rss_kb() {   # NODE
   root "$1" bash -c 'p=$(cat /run/ferry-lab/ferry-helper.pid) && awk "/^VmRSS:/ {print \$2}" /proc/$p/status' \
     || die "cannot read ferry-helper's VmRSS in $1"
@@ -480,6 +498,10 @@ time_calls dbus_status   node1 op   busctl --system call io.ferry.Helper1 "$SVC_
 time_calls announce_op   node1 op   busctl --system call io.ferry.Helper1 "$SVC_OBJ/ip_231" io.ferry.Helper1.Ip Announce
 time_calls announce_root node1 root busctl --system call io.ferry.Helper1 "$SVC_OBJ/ip_231" io.ferry.Helper1.Ip Announce
 time_calls status_cli    node1 op   ferry status "$SVC" --local
+time_bus_calls bus_ping      node1 op   /io/ferry/Helper1 org.freedesktop.DBus.Peer Ping
+time_bus_calls bus_status    node1 op   "$SVC_OBJ" io.ferry.Helper1.Service Status
+time_bus_calls bus_announce_op   node1 op   "$SVC_OBJ/ip_231" io.ferry.Helper1.Ip Announce
+time_bus_calls bus_announce_root node1 root "$SVC_OBJ/ip_231" io.ferry.Helper1.Ip Announce
 time_calls status_slow   node1 op   ferry status "$SVC" --local --refresh
 
 RSS_AFTER1=$(helper_rss_kb node1)
@@ -561,15 +583,16 @@ mkdir -p "$OUTDIR"
   row "fs: \`e2fsck -p\` + \`mount -t ext4\`" fs_mount fs_mount "13"
   row "&nbsp;&nbsp;↳ \`e2fsck -p\`" - e2fsck 5
   row "&nbsp;&nbsp;↳ \`mount\`" - mount_only 8
-  row "daemon start (containerd + dockerd until \`/_ping\` answers)" d_start d_start 150
+  row "daemon start (ferry: containerd spawned right after the claim (\`PrepareDaemon\`, next row), then dockerd until \`/_ping\` answers; shell: containerd + dockerd)" d_start d_start 150
+  row "&nbsp;&nbsp;↳ ferry: \`PrepareDaemon\` (spawn containerd, do not wait; it boots while the VG and the fs come up)" d_prepare - ""
   row "container start (until running)" c_start c_start 178
   row "&nbsp;&nbsp;↳ \`docker start\`" - docker_start 160
   row "&nbsp;&nbsp;↳ until \`.State.Running\` (shell: \`docker inspect\` polls)" - until_running 18
   row "**start total on the target** (ferry: \`start done in\`)" start_done start_done ""
-  row "ssh + process overhead (relocate's \`start\` − target's \`start done in\`)" start_overhead - ""
+  row "go + exit overhead (relocate's \`start\`, from the go to the target's exit, − target's \`start done in\`)" start_overhead - ""
   row "**downtime** (ferry: stop → started there; shell: sum of the steps)" downtime downtime "1500"
   echo
-  echo "Not part of the downtime: ferry's pre-check of the target (ssh, same config, service down there) $(cell ferry precheck); the whole \`ferry relocate\` process seen from the host (incl. \`lab exec\`) $(cell ferry wall)."
+  echo "Not part of the downtime: ferry's pre-check of the target (ssh, same config, service down there) $(cell ferry precheck); the target's \`ferry start --wait-go\` made ready before the stop (ssh session, process, helper connection, lock there) $(cell ferry ready); the whole \`ferry relocate\` process seen from the host (incl. \`lab exec\`) $(cell ferry wall)."
   echo
   timeline_section
   if [[ ${BENCH_PODMAN:-1} == 1 ]]; then
@@ -600,6 +623,10 @@ mkdir -p "$OUTDIR"
   xrow "\`busctl call\` … \`ip_231 Ip Announce\` as op" announce_op "polkit check (rule for ferry-operators) + one gratuitous ARP"
   xrow "\`busctl call\` … \`ip_231 Ip Announce\` as root" announce_root "root skips polkit"
   xrow "\`ferry status busybox --local\` as op (whole process)" status_cli ""
+  xrow "\`Peer Ping\` as op, over one connection (minibus.py, timed in-process)" bus_ping "the bus round trip alone"
+  xrow "**\`Service Status\` as op, over one connection** (minibus.py, timed in-process)" bus_status "what a connected client waits for a status"
+  xrow "\`ip_231 Ip Announce\` as op, over one connection" bus_announce_op "with the polkit check"
+  xrow "\`ip_231 Ip Announce\` as root, over one connection" bus_announce_root "root skips polkit: the difference to op is polkit's cost per privileged call"
   xrow "\`ferry status busybox --local --refresh\` as op (whole process)" status_slow "the slow path: asks LVM and dockerd"
   echo
   echo "ferry-helper VmRSS: node1 $RSS_IDLE1 kB idle after \`lab up\` → $RSS_AFTER1 kB after the runs; node2 $RSS_IDLE2 kB → $RSS_AFTER2 kB."
