@@ -224,6 +224,8 @@ pub trait Fs {
 )]
 pub trait Container {
     fn check(&self) -> zbus::Result<CheckResult>;
+    /// Starts the service's private containerd ahead of dockerd (no wait).
+    fn prepare_daemon(&self) -> zbus::Result<Vec<String>>;
     fn start_daemon(&self) -> zbus::Result<Vec<String>>;
     /// Stops the service's private daemon when it runs no container any more.
     fn stop_daemon(&self) -> zbus::Result<Vec<String>>;

@@ -147,6 +147,9 @@ enum Step<'a> {
     /// Take the lease first; the helper then probes the addresses (rule 2
     /// of helper/src/guard.rs).
     Claim(&'a Resource),
+    /// Only the private containerd of a container resource, right after the
+    /// claim: it boots while the storage comes up.
+    Prepare(&'a Resource),
     /// Only the private docker daemon of a container resource.
     Daemon(&'a Resource),
     /// Only the container (its daemon is up).
@@ -156,7 +159,11 @@ enum Step<'a> {
 impl<'a> Step<'a> {
     fn resource(&self) -> &'a Resource {
         match self {
-            Step::Whole(r) | Step::Claim(r) | Step::Daemon(r) | Step::Container(r) => r,
+            Step::Whole(r)
+            | Step::Claim(r)
+            | Step::Prepare(r)
+            | Step::Daemon(r)
+            | Step::Container(r) => r,
         }
     }
 
@@ -164,6 +171,7 @@ impl<'a> Step<'a> {
         match self {
             Step::Whole(r) => r.rid.clone(),
             Step::Claim(r) => format!("{} (claim)", r.rid),
+            Step::Prepare(r) => format!("{} (containerd)", r.rid),
             Step::Daemon(r) => format!("{} (daemon)", r.rid),
             Step::Container(r) => r.rid.clone(),
         }
@@ -172,9 +180,10 @@ impl<'a> Step<'a> {
 
 /// The order of a start. A service with a lease, started whole (its lease
 /// and every address selected, the lease not up yet), takes the lease
-/// first, brings up the storage and the private daemon while the helper
-/// probes the address, then adds the address and starts the containers;
-/// any other start goes in the config's order, address first.
+/// first, has the private containerd boot and brings up the storage and
+/// then dockerd while the helper probes the address, then adds the address
+/// and starts the containers; any other start goes in the config's order,
+/// address first.
 fn plan<'a>(
     cfg: &ServiceConfig,
     selected: &[&'a Resource],
@@ -192,15 +201,17 @@ fn plan<'a>(
     };
     let mut steps = vec![Step::Claim(lease)];
     let of = |k: Kind| selected.iter().filter(move |r| r.kind() == k);
+    let daemon = of(Kind::Container)
+        .find(|r| crate::resource::container::has_daemon(cfg, &r.rid))
+        .copied();
+    steps.extend(daemon.map(Step::Prepare));
     steps.extend(
         selected
             .iter()
             .filter(|r| matches!(r.kind(), Kind::Vg | Kind::Fs))
             .map(|r| Step::Whole(r)),
     );
-    if cfg.docker_data_dir.is_some() {
-        steps.extend(of(Kind::Container).take(1).map(|r| Step::Daemon(r)));
-    }
+    steps.extend(daemon.map(Step::Daemon));
     steps.extend(of(Kind::Ip).map(|r| Step::Whole(r)));
     steps.extend(of(Kind::Container).map(|r| Step::Container(r)));
     steps
@@ -225,6 +236,11 @@ async fn run_step(
         Step::Claim(r) => {
             let lease = h.lease(&cfg.name, &r.rid).await?;
             log.call(&r.rid, lease.claim()).await?;
+            Ok(None)
+        }
+        Step::Prepare(r) => {
+            let c = h.container(&cfg.name, &r.rid).await?;
+            log.call(&r.rid, c.prepare_daemon()).await?;
             Ok(None)
         }
         Step::Daemon(r) => {
@@ -350,6 +366,7 @@ mod tests {
             names(&steps),
             [
                 "lease#1 (claim)",
+                "container#1 (containerd)",
                 "vg#1",
                 "fs#1",
                 "container#1 (daemon)",

@@ -120,7 +120,7 @@ fn main() {
         no_args(
             &rid("container#1"),
             "io.ferry.Helper1.Container",
-            &["Check", "StartDaemon", "StopDaemon", "Start", "Stop"],
+            &["Check", "PrepareDaemon", "StartDaemon", "StopDaemon", "Start", "Stop"],
         );
         let m = call(ROOT_PATH, "io.ferry.Helper1.Manager", "InstallConfig")
             .build(&("busybox", lab_conf))

@@ -300,7 +300,7 @@ fn dispatch(msg: &Message, hdr: &Header<'_>) -> Option<()> {
         ),
         (
             Some("io.ferry.Helper1.Container") | None,
-            "Check" | "StartDaemon" | "StopDaemon" | "Start" | "Stop",
+            "Check" | "PrepareDaemon" | "StartDaemon" | "StopDaemon" | "Start" | "Stop",
         ) => no_args(body),
         // io.ferry.Helper1.Vg
         (Some("io.ferry.Helper1.Vg") | None, "Reserve") => args(body, |(force,): (bool,)| {

@@ -33,7 +33,7 @@ pub async fn stop(
 }
 
 /// A private dockerd runs the container: docker with docker_data_dir.
-fn has_daemon(svc: &ServiceConfig, rid: &str) -> bool {
+pub fn has_daemon(svc: &ServiceConfig, rid: &str) -> bool {
     let docker = matches!(
         svc.resource(rid).map(|r| &r.config),
         Some(ResourceConfig::Container(c)) if c.runtime == ContainerRuntime::Docker

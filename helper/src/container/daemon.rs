@@ -1,9 +1,14 @@
 //! The service's private containerd + dockerd.
 //!
 //! State that must not follow the service (sockets, pidfiles, exec-root,
-//! containerd's state, logs) lives node-local under `/var/lib/ferry/<svc>/`;
-//! the data roots of dockerd and containerd live on the service's shared
-//! filesystem, so the same containers come up on the other node.
+//! containerd's root and state, logs) lives node-local under
+//! `/var/lib/ferry/<svc>/`; dockerd's data root lives on the service's
+//! shared filesystem, so the same containers come up on the other node.
+//! containerd keeps nothing there that must move: dockerd 20.10 holds the
+//! images and containers in its own data root and asks containerd only to
+//! run them (it recreates a container record containerd lacks, and replaces
+//! a stale one). So containerd can start before the shared filesystem is
+//! mounted: [`prepare`], while the start brings up the storage.
 //!
 //! Processes are found by their command line (`--pidfile <ours>`,
 //! `--config <ours>`, `-address <our containerd.sock>`) among the processes
@@ -60,6 +65,7 @@ pub struct Paths {
     pub containerd_ttrpc: PathBuf,
     pub containerd_pid: PathBuf,
     pub containerd_toml: PathBuf,
+    pub containerd_root: PathBuf,
     pub containerd_state: PathBuf,
     pub exec_root: PathBuf,
     pub daemon_json: PathBuf,
@@ -83,6 +89,7 @@ impl Paths {
             containerd_sock,
             containerd_pid: state.join("containerd.pid"),
             containerd_toml: state.join("containerd.toml"),
+            containerd_root: state.join("cr"),
             containerd_state: state.join("cs"),
             exec_root: state.join("x"),
             daemon_json: state.join("daemon.json"),
@@ -105,13 +112,6 @@ impl Paths {
             self.exec_root.join("libnetwork").join("0123456789ab.sock"),
         ]
     }
-}
-
-/// containerd's root: on the shared filesystem, where dockerd's built-in
-/// containerd would put it too (`<data-root>/containerd/daemon`), so both
-/// layouts stay interchangeable.
-pub fn containerd_root(data_dir: &str) -> PathBuf {
-    Path::new(data_dir).join("containerd").join("daemon")
 }
 
 /// The socket of the daemon the service's containers run on.
@@ -198,8 +198,7 @@ fn toml_str(s: &str) -> String {
 /// shims' sockets, `/run/containerd/s/<sha256 of address+namespace+id>`
 /// (distinct per service, and no `containerd.sock` that a dockerd would
 /// pick up).
-pub fn containerd_config(service: &str, p: &Paths, data_dir: &str) -> String {
-    let root = containerd_root(data_dir);
+pub fn containerd_config(service: &str, p: &Paths) -> String {
     format!(
         "# Written by ferry-helper for service {service} at each daemon start: do not edit.\n\
          version = 2\n\
@@ -239,7 +238,7 @@ pub fn containerd_config(service: &str, p: &Paths, data_dir: &str) -> String {
          \n\
          [plugins.\"io.containerd.runtime.v1.linux\"]\n  \
            runtime_root = {runc_v1}\n",
-        root = toml_str(&root.to_string_lossy()),
+        root = toml_str(&p.containerd_root.to_string_lossy()),
         state = toml_str(&p.containerd_state.to_string_lossy()),
         grpc = toml_str(&p.containerd_sock.to_string_lossy()),
         ttrpc = toml_str(&p.containerd_ttrpc.to_string_lossy()),
@@ -756,6 +755,40 @@ pub fn prepare_state_dir(svc: &ServiceConfig) -> Result<Paths> {
 // ---------------------------------------------------------------------------
 // Start
 
+/// Start containerd ahead of dockerd, and do not wait for it: it needs
+/// nothing on shared storage, so it boots while the start mounts the
+/// filesystems; [`start`] then waits for it and adds dockerd.
+pub async fn prepare(svc: &ServiceConfig) -> Result<Vec<String>> {
+    if svc.docker_data_dir.is_none() {
+        return Ok(vec![
+            "using the host's docker daemon: nothing to prepare".into()
+        ]);
+    }
+    let p = Paths::new(&svc.name);
+    check_socket_paths(&p)?;
+    if ping(&p.docker_sock).await {
+        return Ok(vec!["docker daemon is already running".into()]);
+    }
+    if let Some(c) = procs()
+        .iter()
+        .find(|x| x.is_root() && is_containerd(&x.argv, &p))
+    {
+        return Ok(vec![format!(
+            "containerd (pid {}) is already running",
+            c.pid
+        )]);
+    }
+    prepare_state_dir(svc)?;
+    mkdir_private(&p.containerd_state)?;
+    let mut log = Vec::new();
+    let spawned = spawn_containerd(svc, &p, &mut log)?;
+    log.push(format!(
+        "containerd (pid {}) boots while the storage comes up",
+        spawned.child.pid
+    ));
+    Ok(log)
+}
+
 pub async fn start(svc: &ServiceConfig) -> Result<Vec<String>> {
     let Some(data_dir) = svc.docker_data_dir.as_deref() else {
         let mut log = vec!["using the host's docker daemon".to_string()];
@@ -812,23 +845,35 @@ pub async fn start(svc: &ServiceConfig) -> Result<Vec<String>> {
     }
 
     let t0 = Instant::now();
-    let started_containerd = match all
+    let running = all
         .iter()
-        .find(|x| x.is_root() && is_containerd(&x.argv, &p))
-    {
-        Some(c) if UnixStream::connect(&p.containerd_sock).await.is_ok() => {
-            log.push(format!("containerd (pid {}) is already running", c.pid));
+        .find(|x| x.is_root() && is_containerd(&x.argv, &p));
+    // One that runs may still be booting (started by `prepare`): give it
+    // the time a fresh one gets before calling it deaf.
+    let ready = match running {
+        Some(c) => wait_containerd(&p, c.pid, None, None).await.map(|()| c.pid),
+        None => Err(HelperError::failed("no containerd")),
+    };
+    let started_containerd = match (running, ready) {
+        (_, Ok(pid)) => {
+            log.push(format!(
+                "containerd (pid {pid}) answers after {} ms",
+                t0.elapsed().as_millis()
+            ));
             None
         }
-        other => {
-            if let Some(c) = other {
+        (other, Err(_)) => {
+            if let Some(c) = other.filter(|c| alive(c.pid)) {
                 // Alive but deaf: it would hold the state dir's lock.
                 log.push(terminate(c.pid, "unresponsive containerd").await?);
             }
             for f in [&p.containerd_sock, &p.containerd_ttrpc, &p.containerd_pid] {
                 remove_file(f);
             }
-            Some(start_containerd(svc, &p, data_dir, &mut log).await?)
+            let mut spawned = spawn_containerd(svc, &p, &mut log)?;
+            let Spawned { pid, exited } = &mut spawned.child;
+            wait_containerd(&p, *pid, Some(exited), Some(spawned.log_offset)).await?;
+            Some(*pid)
         }
     };
 
@@ -854,50 +899,74 @@ pub async fn start(svc: &ServiceConfig) -> Result<Vec<String>> {
     }
 }
 
-async fn start_containerd(
+/// A containerd just spawned, and where its log stood before.
+struct SpawnedContainerd {
+    child: Spawned,
+    log_offset: u64,
+}
+
+fn spawn_containerd(
     svc: &ServiceConfig,
     p: &Paths,
-    data_dir: &str,
     log: &mut Vec<String>,
-) -> Result<i32> {
-    write_private(
-        &p.containerd_toml,
-        &containerd_config(&svc.name, p, data_dir),
-    )?;
+) -> Result<SpawnedContainerd> {
+    mkdir_private(&p.containerd_root)?;
+    write_private(&p.containerd_toml, &containerd_config(&svc.name, p))?;
     let args = containerd_args(p);
-    let offset = file_len(&p.containerd_log);
+    let log_offset = file_len(&p.containerd_log);
     let line = crate::cmd::display(
         "containerd",
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     info!(target: "exec", "{line}");
-    let mut child = spawn_detached("containerd", &args, &p.containerd_log)?;
+    let child = spawn_detached("containerd", &args, &p.containerd_log)?;
     if let Err(e) = write_private(&p.containerd_pid, &format!("{}\n", child.pid)) {
         warn!("{}", e.message());
     }
     log.push(format!("{line} (pid {})", child.pid));
+    Ok(SpawnedContainerd { child, log_offset })
+}
+
+/// Until containerd `pid` listens, or CONTAINERD_START_TIMEOUT. A failure
+/// of one this call spawned (`exited`) is an error with its log's tail
+/// (`log_from`); the caller decides what to do with one found running.
+async fn wait_containerd(
+    p: &Paths,
+    pid: i32,
+    mut exited: Option<&mut oneshot::Receiver<ExitStatus>>,
+    log_from: Option<u64>,
+) -> Result<()> {
     let deadline = Instant::now() + CONTAINERD_START_TIMEOUT;
+    let tail = |why: String| match log_from {
+        Some(from) => format!("{why}; {}", log_tail(&p.containerd_log, from)),
+        None => why,
+    };
     loop {
         if UnixStream::connect(&p.containerd_sock).await.is_ok() {
-            return Ok(child.pid);
+            return Ok(());
         }
-        if let Ok(st) = child.exited.try_recv() {
-            remove_file(&p.containerd_pid);
-            return Err(HelperError::failed(format!(
-                "containerd exited at start ({}); {}",
-                describe_exit(&st),
-                log_tail(&p.containerd_log, offset)
-            )));
+        let gone = match exited.as_deref_mut() {
+            Some(rx) => rx.try_recv().ok().map(|st| describe_exit(&st)),
+            None => (!alive(pid)).then(|| "gone".to_string()),
+        };
+        if let Some(how) = gone {
+            if log_from.is_some() {
+                remove_file(&p.containerd_pid);
+            }
+            return Err(HelperError::failed(tail(format!(
+                "containerd exited at start ({how})"
+            ))));
         }
         if Instant::now() >= deadline {
-            let _ = terminate(child.pid, "containerd").await;
-            remove_file(&p.containerd_pid);
-            return Err(HelperError::failed(format!(
-                "containerd does not listen on {} after {} s; {}",
+            if log_from.is_some() {
+                let _ = terminate(pid, "containerd").await;
+                remove_file(&p.containerd_pid);
+            }
+            return Err(HelperError::failed(tail(format!(
+                "containerd does not listen on {} after {} s",
                 p.containerd_sock.display(),
-                CONTAINERD_START_TIMEOUT.as_secs(),
-                log_tail(&p.containerd_log, offset)
-            )));
+                CONTAINERD_START_TIMEOUT.as_secs()
+            ))));
         }
         tokio::time::sleep(POLL_CONTAINERD).await;
     }
@@ -1033,6 +1102,9 @@ pub async fn stop(svc: &ServiceConfig) -> Result<Vec<String>> {
     let mut log = Vec::new();
     if answers {
         log.push("no more container handled by docker daemon. shut it down".into());
+    } else if dockerds.is_empty() && shims.is_empty() {
+        // Started ahead of dockerd (`prepare`) by a start that went no further.
+        log.push("containerd runs without dockerd: stop it".into());
     } else {
         log.push("docker daemon does not answer: clean up what is left of it".into());
     }
@@ -1043,10 +1115,12 @@ pub async fn stop(svc: &ServiceConfig) -> Result<Vec<String>> {
         log.push(terminate(c.pid, "containerd").await?);
     }
     // Shims normally exit with their container; what is left after
-    // containerd is gone belongs to a daemon that was killed.
-    for s in procs()
+    // containerd is gone belongs to a daemon that was killed. No new one can
+    // appear with dockerd and containerd gone: the scan above saw them all.
+    // (Its pid still a shim of ours: never kill a pid reused meanwhile.)
+    for s in shims
         .iter()
-        .filter(|x| x.is_root() && is_shim(&x.argv, &p))
+        .filter(|s| alive(s.pid) && argv(s.pid).is_some_and(|a| is_shim(&a, &p)))
     {
         log.extend(kill_shim(s).await);
     }
@@ -1127,9 +1201,10 @@ mod tests {
     #[test]
     fn containerd_configuration() {
         let p = Paths::new("busybox");
-        let t = containerd_config("busybox", &p, "/opt/busybox/appdata");
+        let t = containerd_config("busybox", &p);
+        // Node-local, so it can start before the shared fs is mounted.
         assert!(
-            t.contains("\nroot = \"/opt/busybox/appdata/containerd/daemon\"\n"),
+            t.contains("\nroot = \"/var/lib/ferry/busybox/cr\"\n"),
             "{t}"
         );
         assert!(t.contains("\nstate = \"/var/lib/ferry/busybox/cs\"\n"));

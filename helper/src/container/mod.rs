@@ -76,7 +76,30 @@ pub async fn stop(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> Result
     }
 }
 
-/// Podman has no daemon: its Start/StopDaemon do nothing, and say so.
+/// A method on the private daemon pair: polkit, guard and audit as every
+/// privileged call; podman has no daemon, so nothing to do there.
+async fn daemon_step<F, Fut>(
+    ctx: &ResCtx,
+    conn: &Connection,
+    header: &Header<'_>,
+    action: &str,
+    run: F,
+) -> Result<Vec<String>>
+where
+    F: FnOnce(std::sync::Arc<ServiceConfig>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<String>>>,
+{
+    ctx.privileged(conn, header, action, || async {
+        let (svc, c) = config(ctx)?;
+        if let Some(log) = no_daemon(&c) {
+            return Ok(log);
+        }
+        run(svc).await
+    })
+    .await
+}
+
+/// Podman has no daemon: its Prepare/Start/StopDaemon do nothing, and say so.
 fn no_daemon(c: &ContainerConfig) -> Option<Vec<String>> {
     (c.runtime == ContainerRuntime::Podman)
         .then(|| vec!["podman runs no daemon: nothing to do".to_string()])
@@ -127,21 +150,40 @@ impl ContainerObject {
         Ok(self.ctx.check(conn, &header).await?.into_check())
     }
 
-    /// Start the service's private containerd and dockerd (data root on the
-    /// service's filesystem, which must be mounted).
+    /// Start the service's private containerd ahead of dockerd, without
+    /// waiting for it: it keeps nothing on shared storage, so it boots
+    /// while the start mounts the filesystems. Same action and guard as
+    /// StartDaemon, which then only adds dockerd.
+    async fn prepare_daemon(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>> {
+        daemon_step(
+            &self.ctx,
+            conn,
+            &header,
+            "io.ferry.container.start-daemon",
+            |svc| async move { daemon::prepare(&svc).await },
+        )
+        .await
+    }
+
+    /// Start the service's private containerd (unless PrepareDaemon did; a
+    /// prepared one still booting is waited for) and dockerd (data root on
+    /// the service's filesystem, which must be mounted).
     async fn start_daemon(
         &self,
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<String>> {
-        let ctx = &self.ctx;
-        ctx.privileged(conn, &header, "io.ferry.container.start-daemon", || async {
-            let (svc, c) = config(ctx)?;
-            if let Some(log) = no_daemon(&c) {
-                return Ok(log);
-            }
-            daemon::start(&svc).await
-        })
+        daemon_step(
+            &self.ctx,
+            conn,
+            &header,
+            "io.ferry.container.start-daemon",
+            |svc| async move { daemon::start(&svc).await },
+        )
         .await
     }
 
@@ -151,14 +193,13 @@ impl ContainerObject {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<String>> {
-        let ctx = &self.ctx;
-        ctx.privileged(conn, &header, "io.ferry.container.stop-daemon", || async {
-            let (svc, c) = config(ctx)?;
-            if let Some(log) = no_daemon(&c) {
-                return Ok(log);
-            }
-            daemon::stop(&svc).await
-        })
+        daemon_step(
+            &self.ctx,
+            conn,
+            &header,
+            "io.ferry.container.stop-daemon",
+            |svc| async move { daemon::stop(&svc).await },
+        )
         .await
     }
 
