@@ -68,6 +68,10 @@ enum Cmd {
         lock: LockArgs,
         #[command(flatten)]
         act: ActArgs,
+        /// (for relocate) Connect and take the lock, say so, then start
+        /// only once "go" arrives on stdin.
+        #[arg(long, hide = true)]
+        wait_go: bool,
     },
     /// Stop a service here, in the reverse order of start. Refused for a
     /// service Pacemaker manages, unless --force.
@@ -325,6 +329,7 @@ async fn run(cli: Cli) -> Result<i32> {
             rid,
             lock,
             act,
+            wait_go,
         } => {
             lock.wait_ms()?;
             refuse_if_pacemaker_manages(&service, "start", act.force)?;
@@ -334,6 +339,11 @@ async fn run(cli: Cli) -> Result<i32> {
             // Held by this connection until the process exits; under sudo,
             // as root (no polkit needed).
             act.lock(&lock, &h, &service, &node).await?;
+            if wait_go && !remote::ready_for_go().await {
+                return Err(FerryError::Failed(format!(
+                    "start of '{service}' on {node} called off: no go from the relocating node"
+                )));
+            }
             action::start(&h, &cfg, &node, &rid, &Log::new(&service))
                 .await
                 .map(|_| 0)

@@ -123,10 +123,22 @@ pub async fn relocate(
             ms(t_check.elapsed())
         ),
     );
+    // The start there, connected and holding the lock there before anything
+    // stops here: its ssh session and process start are not downtime.
+    let t_ready = Instant::now();
+    let target = peers.start_on_go(to, &cfg.name).await?;
+    log.info(
+        None,
+        &format!(
+            "{to} is ready to start it: connected, locked ({} ms)",
+            ms(t_ready.elapsed())
+        ),
+    );
 
     let t0 = Instant::now();
     log.info(None, &format!("stop on {here}"));
     if let Err(e) = local(h, &peers, cfg, here, "stop", wait_ms, log).await {
+        target.call_off().await;
         log.error(
             None,
             &format!("stop on {here} failed: {e}; starting it here again"),
@@ -139,8 +151,15 @@ pub async fn relocate(
     let t_stop = t0.elapsed();
 
     let t1 = Instant::now();
-    let st = crate::status::service_status(h, cfg, here, false).await?;
+    let st = match crate::status::service_status(h, cfg, here, false).await {
+        Ok(st) => st,
+        Err(e) => {
+            target.call_off().await;
+            return Err(e);
+        }
+    };
     if st.avail != State::Down {
+        target.call_off().await;
         log.error(
             None,
             &format!(
@@ -161,7 +180,7 @@ pub async fn relocate(
 
     let t2 = Instant::now();
     log.info(None, &format!("start on {to}"));
-    let started = peers.stream(to, true, &["start", &cfg.name]).await;
+    let started = target.go().await;
     let t_start = t2.elapsed();
     if let Err(e) = started.and_then(|code| {
         if code == 0 {

@@ -139,6 +139,26 @@ t_relocate_back() {
   node_is_clean node2
 }
 
+# What a relocation runs on the target before it stops the source: `ferry
+# start --wait-go` connects, takes the lock there and says so, then waits.
+# Meanwhile nobody else acts on the service there; without a go (the source's
+# stop failed, or the relocating node is gone) it starts nothing.
+t_target_start_waits_for_the_go() {
+  local out=$STATE/wait-go.out
+  as op node2 sh -c 'sleep 3 | ferry start busybox --wait-go' >"$out" 2>&1 &
+  local waiter=$!
+  for _ in $(seq 50); do grep -q "^ready: connected and locked" "$out" && break; sleep 0.1; done
+  grep -q "^ready: connected and locked" "$out" || { cat "$out"; fail "no ready line"; }
+  expect_code 1 as svcop node2 ferry start busybox
+  contains "locked by uid 2101"
+  wait $waiter && fail "a start without a go exited 0"
+  grep -q "start of 'busybox' on node2 called off: no go from the relocating node" "$out" \
+    || { cat "$out"; fail "no called-off message"; }
+  node_is_clean node2
+  expect_ok as op node1 ferry status busybox --local
+  contains "overall                   up"
+}
+
 t_relocate_refuses_unknown_and_unreachable_targets() {
   expect_code 2 as op node1 ferry relocate busybox --to node9
   contains "node9 is not one of the nodes of 'busybox' (node1 node2)"
@@ -224,6 +244,7 @@ run_test "two-nodes: start on the passive node is refused"      t_start_on_passi
 run_test "two-nodes: status --all-nodes"                        t_cluster_status
 run_test "two-nodes: relocate to node2"                         t_relocate_to_node2
 run_test "two-nodes: relocate back (switch)"                    t_relocate_back
+run_test "two-nodes: the target's start waits for the go"      t_target_start_waits_for_the_go
 run_test "two-nodes: relocate refuses bad targets"              t_relocate_refuses_unknown_and_unreachable_targets
 run_test "two-nodes: relocate refuses a target with a stale mount" t_relocate_refuses_a_target_with_a_stale_mount
 run_test "two-nodes: failed start on target falls back"         t_relocate_falls_back_when_target_start_fails
