@@ -37,6 +37,23 @@ pod_is_clean() { # NODE
   ! pod_live_on "$1" || fail "podbox's ext4 is still live on $1"
   ! node_runs_conmon "$1" || fail "$1 still runs podbox's conmon"
 }
+# Add [container#2] running IMAGE to podbox's config and reload; on an
+# early exit the test's trap puts the original back.
+pod_add_container2() { # IMAGE
+  root_on node1 cp $POD_CONF /tmp/podbox.conf.good
+  trap 'root_on node1 cp /tmp/podbox.conf.good '$POD_CONF'; as op node1 ferry reload' EXIT
+  root_on node1 sh -c "printf '\n[container#2]\ntype = podman\nrun_image = $1\nulimit = nofile=1024:1024 nproc=1024:1024\n' >> $POD_CONF"
+  expect_ok as op node1 ferry reload
+}
+# Put podbox's original config back and start it: container#1 must be the
+# one the first start created.
+pod_restore_config_and_start() { # MESSAGE-IF-CONTAINER#1-CHANGED
+  root_on node1 cp /tmp/podbox.conf.good $POD_CONF
+  trap - EXIT
+  expect_ok as op node1 ferry reload
+  expect_ok as op node1 ferry start $POD
+  [ "$(pod_id node1)" = "$(cat "$POD_STATE/id")" ] || fail "$1"
+}
 watch_start() {
   local test_pid=$BASHPID
   ( while kill -0 "$test_pid" 2>/dev/null; do
@@ -107,10 +124,7 @@ t_pod_failed_start_rolls_back() {
   root_on node1 sh -c 'rm -rf /tmp/broken && mkdir -p /tmp/broken/bin && cp /bin/busybox /tmp/broken/bin/ && ln -s busybox /tmp/broken/bin/false'
   root_on node1 sh -c 'tar -C /tmp/broken -c . | ferry docker podbox -- import --change "CMD [\"/bin/false\"]" - local/podbox:broken' >/dev/null
   expect_ok as op node1 ferry stop $POD
-  root_on node1 cp $POD_CONF /tmp/podbox.conf.good
-  root_on node1 sh -c "printf '\n[container#2]\ntype = podman\nrun_image = local/podbox:broken\nulimit = nofile=1024:1024 nproc=1024:1024\n' >> $POD_CONF"
-  trap 'root_on node1 cp /tmp/podbox.conf.good '$POD_CONF'; as op node1 ferry reload' EXIT
-  expect_ok as op node1 ferry reload
+  pod_add_container2 local/podbox:broken
   expect_code 1 as op node1 ferry start $POD
   contains "stopped right after start"
   contains "removed container"
@@ -122,11 +136,7 @@ t_pod_failed_start_rolls_back() {
   contains "podbox.container.1"
   expect_ok as op node1 ferry docker $POD -- image rm local/podbox:broken
   expect_ok as op node1 ferry stop $POD
-  root_on node1 cp /tmp/podbox.conf.good $POD_CONF
-  trap - EXIT
-  expect_ok as op node1 ferry reload
-  expect_ok as op node1 ferry start $POD
-  [ "$(pod_id node1)" = "$(cat "$POD_STATE/id")" ] || fail "the first container is gone"
+  pod_restore_config_and_start "the first container is gone"
 }
 
 t_pod_passthrough_refusals() {
@@ -226,10 +236,7 @@ t_pod_conmon_outliving_stop_fails_the_stop() {
 t_pod_two_containers_stop_one() {
   # two podman containers in one service: stopping one leaves the other,
   # its conmon and the storage alone
-  root_on node1 cp $POD_CONF /tmp/podbox.conf.good
-  trap 'root_on node1 cp /tmp/podbox.conf.good '$POD_CONF'; as op node1 ferry reload' EXIT
-  root_on node1 sh -c "printf '\n[container#2]\ntype = podman\nrun_image = local/podbox:date\nulimit = nofile=1024:1024 nproc=1024:1024\n' >> $POD_CONF"
-  expect_ok as op node1 ferry reload
+  pod_add_container2 local/podbox:date
   expect_ok as op node1 ferry start $POD
   expect_ok as op node1 ferry stop $POD --rid container#2
   contains "another container of the service still runs here"
@@ -241,11 +248,7 @@ t_pod_two_containers_stop_one() {
   pod_is_clean node1
   # (podbox.container.2 stays in the store, stopped: `rm` is not allowed
   # through ferry, and nothing starts it once the config no longer has it)
-  root_on node1 cp /tmp/podbox.conf.good $POD_CONF
-  trap - EXIT
-  expect_ok as op node1 ferry reload
-  expect_ok as op node1 ferry start $POD
-  [ "$(pod_id node1)" = "$(cat "$POD_STATE/id")" ] || fail "container#1 changed"
+  pod_restore_config_and_start "container#1 changed"
 }
 
 t_both_services_relocate_independently() {

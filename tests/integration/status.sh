@@ -13,6 +13,17 @@ SOCK=/var/lib/ferry/busybox/docker.sock
 st() { as op node1 ferry status busybox --local | sed -n "s/.*- $1 *\.\.\.\. \([a-z\/]*\) .*/\1/p"; }
 warm() { as op node1 ferry status busybox --local >/dev/null; as op node1 ferry status busybox --local >/dev/null; }
 restart() { as op node1 ferry start busybox || true; }
+# Break RID behind ferry's back with CMD… (as root on node1) and read its
+# status at once: not up. Then a start must bring it up again.
+broken_then_restarted() { # RID WHAT-WAS-DONE CMD…
+  local rid=$1 what=$2 s; shift 2
+  warm
+  root_on node1 "$@" >/dev/null
+  s=$(st "$rid")
+  restart
+  [ "$s" != up ] || fail "$rid said up right after $what"
+  [ "$(st "$rid")" = up ] || fail "$rid not up after the start"
+}
 
 t_start_and_warm() {
   expect_ok as op node1 ferry start busybox
@@ -25,21 +36,11 @@ t_start_and_warm() {
 }
 
 t_address_removed_behind_ferrys_back() {
-  warm
-  root_on node1 ip addr del $VIP/24 dev lab0
-  local s; s=$(st ip#1)
-  restart
-  [ "$s" != up ] || fail "ip#1 said up right after its address was removed"
-  [ "$(st ip#1)" = up ] || fail "ip#1 not up after the start"
+  broken_then_restarted ip#1 "its address was removed" ip addr del $VIP/24 dev lab0
 }
 
 t_filesystem_unmounted_behind_ferrys_back() {
-  warm
-  root_on node1 umount /srv/busybox/appdata
-  local s; s=$(st fs#2)
-  restart
-  [ "$s" != up ] || fail "fs#2 said up right after it was unmounted"
-  [ "$(st fs#2)" = up ] || fail "fs#2 not up after the start"
+  broken_then_restarted fs#2 "it was unmounted" umount /srv/busybox/appdata
 }
 
 t_vg_untagged_behind_ferrys_back() {
@@ -52,12 +53,8 @@ t_vg_untagged_behind_ferrys_back() {
 }
 
 t_container_stopped_behind_ferrys_back() {
-  warm
-  root_on node1 env DOCKER_CONFIG=/var/lib/ferry/busybox/docker-config docker -H unix://$SOCK stop -t 1 busybox.container.1 >/dev/null
-  local s; s=$(st container#1)
-  restart
-  [ "$s" != up ] || fail "container#1 said up right after it was stopped"
-  [ "$(st container#1)" = up ] || fail "container#1 not up after the start"
+  broken_then_restarted container#1 "it was stopped" \
+    env DOCKER_CONFIG=/var/lib/ferry/busybox/docker-config docker -H unix://$SOCK stop -t 1 busybox.container.1
 }
 
 t_refresh_and_status_times() {

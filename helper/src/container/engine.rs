@@ -301,25 +301,32 @@ pub fn run_line(host: &str, name: &str, run_image: &str) -> String {
     format!("docker -H {host} run -d -t -i --init --network=host --restart=no --name={name} {run_image}")
 }
 
-enum Waited {
-    Up,
-    /// It stopped instead: what the daemon says about it.
+/// How a start's wait for the container ended.
+pub(super) enum Waited {
+    /// It runs: what the engine said about it then.
+    Up(Observed),
+    /// It stopped instead: what the engine says about it.
     Exited(Observed),
 }
 
-/// Poll until the container runs. On a first run, look once more a moment
-/// later: a wrong command exits within milliseconds, and a first run that
-/// fails that way is rolled back rather than left behind.
-async fn wait_up(docker: &Docker, id: &str, first_run: bool) -> Result<Waited> {
+/// Poll until the container runs, through `observe` (docker's API or
+/// podman's CLI). On a first run, look once more a moment later: a wrong
+/// command exits within milliseconds, and a first run that fails that way
+/// is rolled back rather than left behind.
+pub(super) async fn wait_up<F, Fut>(id: &str, first_run: bool, mut observe: F) -> Result<Waited>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Observation>,
+{
     let deadline = Instant::now() + UP_TIMEOUT;
     loop {
-        match observe(docker, id).await {
-            Observation::Found(o) if o.running && !first_run => return Ok(Waited::Up),
+        match observe().await {
+            Observation::Found(o) if o.running && !first_run => return Ok(Waited::Up(o)),
             Observation::Found(o) if o.running => {
                 tokio::time::sleep(FIRST_RUN_SETTLE).await;
-                return Ok(match observe(docker, id).await {
-                    Observation::Found(o) if !o.running => Waited::Exited(o),
-                    _ => Waited::Up,
+                return Ok(match observe().await {
+                    Observation::Found(later) if !later.running => Waited::Exited(later),
+                    _ => Waited::Up(o),
                 });
             }
             Observation::Found(o) if matches!(o.status.as_str(), "exited" | "dead") => {
@@ -412,9 +419,9 @@ pub async fn start(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> Resul
         Err(e) if !is_status(&e, 304) => Some(api_error(&format!("start container {name}"), e)),
         _ => {
             log.push("wait for container up status".into());
-            match wait_up(&docker, &id, created).await {
+            match wait_up(&id, created, || observe(&docker, &id)).await {
                 Err(e) => Some(e),
-                Ok(Waited::Up) => None,
+                Ok(Waited::Up(_)) => None,
                 Ok(Waited::Exited(o)) => Some(HelperError::failed(format!(
                     "container {name} ({}) stopped right after start: {}; {}",
                     short(&id),

@@ -118,7 +118,7 @@ pub async fn serve(
     // not leave docker holding its terminal: dropping the run future kills
     // the CLI.
     let outcome = tokio::select! {
-        r = run_engine(podman, &svc, &args, stdin.into(), stdout.into(), stderr.into()) => r,
+        r = run_engine(podman, &svc, &args, CallerStdio::new(stdin, stdout, stderr)) => r,
         _ = super::caller_gone(conn, &who.sender) => {
             tracing::info!(uid = who.uid, service = %service, "docker caller left the bus: docker CLI killed");
             Err(HelperError::failed("the caller left"))
@@ -223,30 +223,40 @@ pub fn check_file_access(args: &[String]) -> Result<()> {
     ferry_core::docker_args::check_file_access(args).map_err(HelperError::InvalidArgument)
 }
 
+/// The caller's stdin, stdout and stderr, passed over D-Bus: the CLI runs
+/// on them.
+pub struct CallerStdio {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+impl CallerStdio {
+    fn new(stdin: zbus::OwnedFd, stdout: zbus::OwnedFd, stderr: zbus::OwnedFd) -> Self {
+        CallerStdio {
+            stdin: stdin.into(),
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+        }
+    }
+}
+
 async fn run_engine(
     podman: bool,
     svc: &ServiceConfig,
     args: &[String],
-    stdin: OwnedFd,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
+    stdio: CallerStdio,
 ) -> Result<i32> {
     if podman {
-        run_podman(svc, args, stdin, stdout, stderr).await
+        run_podman(svc, args, stdio).await
     } else {
-        run(svc, args, stdin, stdout, stderr).await
+        run(svc, args, stdio).await
     }
 }
 
 /// podman with the service's global options and ferry's containers.conf,
 /// on the caller's descriptors.
-pub async fn run_podman(
-    svc: &ServiceConfig,
-    args: &[String],
-    stdin: OwnedFd,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-) -> Result<i32> {
+pub async fn run_podman(svc: &ServiceConfig, args: &[String], stdio: CallerStdio) -> Result<i32> {
     // serve() checked already; kept so that this is safe on its own.
     ferry_core::docker_args::check_podman_args(args).map_err(HelperError::InvalidArgument)?;
     super::podman::storage_mounted(svc)?;
@@ -258,20 +268,11 @@ pub async fn run_podman(
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     info!(target: "exec", service = %svc.name, "podman --root {dir} {}", crate::audit::clean_args(args));
     let mut cmd = super::podman::command(&p, dir, &a);
-    cmd.env(super::podman::PASSTHROUGH_ENV, "1")
-        .stdin(Stdio::from(stdin))
-        .stdout(Stdio::from(stdout))
-        .stderr(Stdio::from(stderr));
-    exit_code_of(cmd, "podman").await
+    cmd.env(super::podman::PASSTHROUGH_ENV, "1");
+    exit_code_of(cmd, "podman", stdio).await
 }
 
-pub async fn run(
-    svc: &ServiceConfig,
-    args: &[String],
-    stdin: OwnedFd,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-) -> Result<i32> {
+pub async fn run(svc: &ServiceConfig, args: &[String], stdio: CallerStdio) -> Result<i32> {
     // serve() checked already; kept so that run() is safe on its own.
     check_file_access(args)?;
     if !daemon::is_running(svc).await {
@@ -291,17 +292,21 @@ pub async fn run(
         .env("DOCKER_CONFIG", &paths.docker_config)
         .env("DOCKER_CLI_HINTS", "false")
         .current_dir("/")
-        .stdin(Stdio::from(stdin))
-        .stdout(Stdio::from(stdout))
-        .stderr(Stdio::from(stderr))
         // A dropped call (helper shutting down) must not leave the CLI behind.
         .kill_on_drop(true);
-    exit_code_of(cmd, "docker").await
+    exit_code_of(cmd, "docker", stdio).await
 }
 
 /// Run the CLI on the caller's descriptors; its exit code as a shell gives
 /// it (128 + signal).
-async fn exit_code_of(mut cmd: tokio::process::Command, name: &str) -> Result<i32> {
+async fn exit_code_of(
+    mut cmd: tokio::process::Command,
+    name: &str,
+    stdio: CallerStdio,
+) -> Result<i32> {
+    cmd.stdin(Stdio::from(stdio.stdin))
+        .stdout(Stdio::from(stdio.stdout))
+        .stderr(Stdio::from(stdio.stderr));
     let mut child = cmd
         .spawn()
         .map_err(|e| HelperError::failed(format!("cannot run {name}: {e}")))?;

@@ -36,16 +36,13 @@ use ferry_core::status::{ResourceStatus, State};
 use tracing::info;
 
 use super::daemon;
-use super::engine::{self, short, Observation, Observed};
+use super::engine::{self, short, Observation, Observed, Waited};
 use crate::error::{HelperError, Result};
 
 /// Node-local state of podman services: `/run/ferry/<svc>/podman/`.
 pub const RUN_BASE: &str = "/run/ferry";
 /// Quick calls (inspect, create, start); a stop gets stop_timeout more.
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
-const POLL_STATE: Duration = Duration::from_millis(5);
-const UP_TIMEOUT: Duration = Duration::from_secs(30);
-const FIRST_RUN_SETTLE: Duration = Duration::from_millis(100);
 /// How long conmon and its cleanup may take to go after the container did.
 const CONMON_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL_EXIT: Duration = Duration::from_millis(5);
@@ -344,52 +341,6 @@ pub fn missing_image(service: &str, run_image: &str) -> String {
     )
 }
 
-enum Waited {
-    Up(Observed),
-    Exited(Observed),
-}
-
-async fn wait_up(
-    p: &Paths,
-    dir: &str,
-    id: &str,
-    c: &ContainerConfig,
-    first: bool,
-) -> Result<Waited> {
-    let deadline = Instant::now() + UP_TIMEOUT;
-    loop {
-        match observe(p, dir, id, &c.run_image).await {
-            Observation::Found(o) if o.running && !first => return Ok(Waited::Up(o)),
-            Observation::Found(o) if o.running => {
-                // A wrong command exits within milliseconds: look once more.
-                tokio::time::sleep(FIRST_RUN_SETTLE).await;
-                return Ok(match observe(p, dir, id, &c.run_image).await {
-                    Observation::Found(x) if !x.running => Waited::Exited(x),
-                    _ => Waited::Up(o),
-                });
-            }
-            Observation::Found(o) if matches!(o.status.as_str(), "exited" | "dead") => {
-                return Ok(Waited::Exited(o))
-            }
-            Observation::NotFound => {
-                return Err(HelperError::failed(format!(
-                    "container {} disappeared while starting",
-                    short(id)
-                )))
-            }
-            _ => {}
-        }
-        if Instant::now() >= deadline {
-            return Err(HelperError::failed(format!(
-                "container {} is not running after {} s",
-                short(id),
-                UP_TIMEOUT.as_secs()
-            )));
-        }
-        tokio::time::sleep(POLL_STATE).await;
-    }
-}
-
 async fn last_logs(p: &Paths, dir: &str, id: &str) -> String {
     match podman(
         p,
@@ -458,7 +409,7 @@ pub async fn start(svc: &ServiceConfig, rid: &str, c: &ContainerConfig) -> Resul
         Err(e) => Some(e),
         Ok(()) => {
             log.push("wait for container up status".into());
-            match wait_up(&p, dir, &id, c, created).await {
+            match engine::wait_up(&id, created, || observe(&p, dir, &id, &c.run_image)).await {
                 Err(e) => Some(e),
                 Ok(Waited::Up(o)) => {
                     if o.image_name != c.run_image {
