@@ -218,7 +218,6 @@ t_pod_relocate_there_and_back() {
 t_pod_conmon_outliving_stop_fails_the_stop() {
   # a podman process of the service that does not go holds the fs: the stop
   # must fail rather than report down (a stand-in with conmon's command line)
-  # (a stand-in with the command line of the container's conmon)
   root_on node1 sh -c 'setsid bash -c "exec -a conmon bash -c \"sleep 600; :\" x -n podbox.container.1 -b /srv/podbox/containers/overlay-containers/x/userdata" </dev/null >/dev/null 2>&1 &'
   trap 'root_on node1 pkill -f "^conmon -c sleep 600"' EXIT
   sleep 0.3
