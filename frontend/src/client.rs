@@ -5,6 +5,7 @@ use ferry_core::dbus::{
     resource_path, service_path, ContainerProxy, FsProxy, IpProxy, LeaseProxy, ManagerProxy,
     ServiceProxy, VgProxy,
 };
+use zbus::proxy::CacheProperties;
 use zbus::Connection;
 
 use crate::error::{FerryError, Result};
@@ -24,7 +25,12 @@ impl Helper {
     }
 
     pub async fn manager(&self) -> Result<ManagerProxy<'_>> {
-        Ok(ManagerProxy::new(&self.conn).await?)
+        // No property cache: ferry reads NodeName once per process, and a
+        // cache costs a match rule and a GetAll round trip for every proxy.
+        Ok(ManagerProxy::builder(&self.conn)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?)
     }
 
     pub async fn services(&self) -> Result<Vec<String>> {
@@ -38,6 +44,7 @@ impl Helper {
     pub async fn service(&self, name: &str) -> Result<ServiceProxy<'_>> {
         Ok(ServiceProxy::builder(&self.conn)
             .path(service_path(name))
+            .cache_properties(CacheProperties::No)
             .build()
             .await?)
     }
