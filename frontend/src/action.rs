@@ -238,19 +238,13 @@ async fn run_step(
             log.call(&r.rid, lease.claim()).await?;
             Ok(None)
         }
-        Step::Prepare(r) => {
+        Step::Prepare(r) | Step::Daemon(r) | Step::Container(r) => {
             let c = h.container(&cfg.name, &r.rid).await?;
-            log.call(&r.rid, c.prepare_daemon()).await?;
-            Ok(None)
-        }
-        Step::Daemon(r) => {
-            let c = h.container(&cfg.name, &r.rid).await?;
-            log.call(&r.rid, c.start_daemon()).await?;
-            Ok(None)
-        }
-        Step::Container(r) => {
-            let c = h.container(&cfg.name, &r.rid).await?;
-            log.call(&r.rid, c.start()).await?;
+            match step {
+                Step::Prepare(_) => log.call(&r.rid, c.prepare_daemon()).await?,
+                Step::Daemon(_) => log.call(&r.rid, c.start_daemon()).await?,
+                _ => log.call(&r.rid, c.start()).await?,
+            };
             Ok(None)
         }
     }

@@ -850,20 +850,21 @@ pub async fn start(svc: &ServiceConfig) -> Result<Vec<String>> {
         .find(|x| x.is_root() && is_containerd(&x.argv, &p));
     // One that runs may still be booting (started by `prepare`): give it
     // the time a fresh one gets before calling it deaf.
-    let ready = match running {
-        Some(c) => wait_containerd(&p, c.pid, None, None).await.map(|()| c.pid),
-        None => Err(HelperError::failed("no containerd")),
+    let answers = match running {
+        Some(c) => wait_containerd(&p, c.pid, None).await.is_ok(),
+        None => false,
     };
-    let started_containerd = match (running, ready) {
-        (_, Ok(pid)) => {
+    let started_containerd = match running {
+        Some(c) if answers => {
             log.push(format!(
-                "containerd (pid {pid}) answers after {} ms",
+                "containerd (pid {}) answers after {} ms",
+                c.pid,
                 t0.elapsed().as_millis()
             ));
             None
         }
-        (other, Err(_)) => {
-            if let Some(c) = other.filter(|c| alive(c.pid)) {
+        _ => {
+            if let Some(c) = running.filter(|c| alive(c.pid)) {
                 // Alive but deaf: it would hold the state dir's lock.
                 log.push(terminate(c.pid, "unresponsive containerd").await?);
             }
@@ -871,9 +872,9 @@ pub async fn start(svc: &ServiceConfig) -> Result<Vec<String>> {
                 remove_file(f);
             }
             let mut spawned = spawn_containerd(svc, &p, &mut log)?;
-            let Spawned { pid, exited } = &mut spawned.child;
-            wait_containerd(&p, *pid, Some(exited), Some(spawned.log_offset)).await?;
-            Some(*pid)
+            let pid = spawned.child.pid;
+            wait_containerd(&p, pid, Some(&mut spawned)).await?;
+            Some(pid)
         }
     };
 
@@ -927,16 +928,16 @@ fn spawn_containerd(
     Ok(SpawnedContainerd { child, log_offset })
 }
 
-/// Until containerd `pid` listens, or CONTAINERD_START_TIMEOUT. A failure
-/// of one this call spawned (`exited`) is an error with its log's tail
-/// (`log_from`); the caller decides what to do with one found running.
+/// Until containerd `pid` listens, or CONTAINERD_START_TIMEOUT. One this
+/// call spawned (`ours`) that fails is cleaned up, and the error has its
+/// log's tail; the caller decides what to do with one found running.
 async fn wait_containerd(
     p: &Paths,
     pid: i32,
-    mut exited: Option<&mut oneshot::Receiver<ExitStatus>>,
-    log_from: Option<u64>,
+    mut ours: Option<&mut SpawnedContainerd>,
 ) -> Result<()> {
     let deadline = Instant::now() + CONTAINERD_START_TIMEOUT;
+    let log_from = ours.as_ref().map(|s| s.log_offset);
     let tail = |why: String| match log_from {
         Some(from) => format!("{why}; {}", log_tail(&p.containerd_log, from)),
         None => why,
@@ -945,12 +946,12 @@ async fn wait_containerd(
         if UnixStream::connect(&p.containerd_sock).await.is_ok() {
             return Ok(());
         }
-        let gone = match exited.as_deref_mut() {
-            Some(rx) => rx.try_recv().ok().map(|st| describe_exit(&st)),
+        let gone = match ours.as_deref_mut() {
+            Some(s) => s.child.exited.try_recv().ok().map(|st| describe_exit(&st)),
             None => (!alive(pid)).then(|| "gone".to_string()),
         };
         if let Some(how) = gone {
-            if log_from.is_some() {
+            if ours.is_some() {
                 remove_file(&p.containerd_pid);
             }
             return Err(HelperError::failed(tail(format!(
@@ -958,7 +959,7 @@ async fn wait_containerd(
             ))));
         }
         if Instant::now() >= deadline {
-            if log_from.is_some() {
+            if ours.is_some() {
                 let _ = terminate(pid, "containerd").await;
                 remove_file(&p.containerd_pid);
             }
